@@ -1,0 +1,137 @@
+"""Catalog endpoints. Reading the catalog is open to all (metadata, never data); changing a
+source is its provider organisation's business."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+import yaml
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.orm import Session
+
+from catalog.model import SourceSpec
+from catalog.vocab import Sensitivity, Theme
+from controller import sources
+from controller.api.deps import optional_principal, platform, principal, session
+from controller.auth import Principal
+from controller.errors import ApiError, validation_error
+from controller.platform import Platform
+
+router = APIRouter(prefix="/api/v1", tags=["catalog"])
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"title": "SourceSpec"}},  # filled in by app._openapi
+            "application/yaml": {"schema": {"type": "string", "description": "The same document in YAML"}},
+        },
+    }
+}
+
+
+async def read_spec(request: Request) -> SourceSpec:
+    """A source document from a JSON or YAML body, with errors that name the line or field."""
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "empty_body", "the request body is empty; send a source document")
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ApiError(400, "invalid_yaml", f"the body is not valid YAML{where}") from None
+    elif content_type == "application/json":
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    else:
+        raise ApiError(415, "unsupported_media_type", f"send application/json or application/yaml, not {content_type}")
+    if not isinstance(data, dict):
+        raise ApiError(422, "validation_error", "body: a source document is a mapping", field="body")
+    try:
+        return SourceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+class SourceList(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[dict[str, Any]]
+
+
+class RetireBody(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post("/sources", status_code=201, openapi_extra=_SPEC_BODY, summary="Register a source")
+async def register_source(
+    request: Request, caller: Principal = Depends(principal), site: Platform = Depends(platform)
+) -> dict[str, Any]:
+    spec = await read_spec(request)
+    return await _in_thread(sources.register, site, caller, spec)
+
+
+@router.get("/sources", response_model=SourceList, summary="Search the catalog")
+def list_sources(
+    q: Annotated[str | None, Query(max_length=500, description="Full-text query")] = None,
+    sensitivity: Annotated[list[Sensitivity] | None, Query()] = None,
+    theme: Theme | None = None,
+    publisher: str | None = None,
+    status: Annotated[str, Query(pattern="^(active|retired|all)$")] = "active",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    caller: Principal | None = Depends(optional_principal),
+    db: Session = Depends(session),
+) -> SourceList:
+    total, rows = sources.find(
+        db, q=q, sensitivity=[s.value for s in sensitivity or []], theme=theme.value if theme else None,
+        publisher=publisher, status=status, limit=limit, offset=offset,
+    )
+    return SourceList(total=total, limit=limit, offset=offset, items=[sources.row_view(r, caller) for r in rows])
+
+
+@router.get("/sources/{source_id}", summary="One source")
+def get_source(source_id: str, caller: Principal | None = Depends(optional_principal),
+               db: Session = Depends(session)) -> dict[str, Any]:
+    return sources.row_view(sources.get(db, source_id), caller)
+
+
+@router.put("/sources/{source_id}", openapi_extra=_SPEC_BODY, summary="Replace a source's description")
+async def update_source(
+    source_id: str,
+    request: Request,
+    if_match: Annotated[str | None, Header(description="Expected current version")] = None,
+    caller: Principal = Depends(principal),
+    site: Platform = Depends(platform),
+) -> dict[str, Any]:
+    spec = await read_spec(request)
+    expected = None
+    if if_match is not None:
+        try:
+            expected = int(if_match.strip('"W/ '))
+        except ValueError:
+            raise ApiError(400, "invalid_header", "If-Match: expected a version number", field="If-Match") from None
+    return await _in_thread(sources.update, site, caller, source_id, spec, expected)
+
+
+@router.post("/sources/{source_id}/retire", summary="Retire a source (kept, no longer offered)")
+async def retire_source(
+    source_id: str, body: Annotated[RetireBody, Body()], caller: Principal = Depends(principal),
+    site: Platform = Depends(platform),
+) -> dict[str, Any]:
+    return await _in_thread(sources.retire, site, caller, source_id, body.reason)
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    """Writes wait for the audit group commit: keep that wait off the event loop."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)

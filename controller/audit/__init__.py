@@ -1,0 +1,1 @@
+"""Append-only, hash-chained, Merkle-checkpointed audit log, and its offline verifier."""

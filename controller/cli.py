@@ -1,0 +1,323 @@
+"""`bulles`: run the site, administer it locally, and talk to its API.
+
+Commands that act as a user (registering a source, say) go through the HTTP API with a token,
+so they meet the same validation, authorisation and audit as any other client. Commands that
+administer the local site (init, users, audit verification) work on its home directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="bulles — secure processing bubbles for education data", no_args_is_help=True)
+user_app = typer.Typer(help="Embedded-mode users (local administration)", no_args_is_help=True)
+org_app = typer.Typer(help="Organisations (local administration)", no_args_is_help=True)
+source_app = typer.Typer(help="Catalog sources, through the API", no_args_is_help=True)
+catalog_app = typer.Typer(help="The catalog as a whole, through the API", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log", no_args_is_help=True)
+for sub, name in ((user_app, "user"), (org_app, "org"), (source_app, "source"), (catalog_app, "catalog"),
+                  (audit_app, "audit")):
+    app.add_typer(sub, name=name)
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+HomeOpt = Annotated[Optional[Path], typer.Option("--home", envvar="BULLES_HOME", help="Site home directory")]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="BULLES_URL", help="API base URL")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="BULLES_TOKEN", help="API token")]
+
+
+def _settings(home: Path | None, **overrides: Any):  # noqa: ANN202 - lazy import keeps --help fast
+    from controller.config import load_settings
+
+    try:
+        return load_settings(home, **overrides)
+    except Exception as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _platform(home: Path | None):  # noqa: ANN202
+    from controller.home import init_home
+    from controller.platform import Platform
+
+    settings = _settings(home)
+    init_home(settings.home)
+    return Platform(settings)
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+
+@app.command()
+def init(home: HomeOpt = None) -> None:
+    """Create the site home: state database, master secret and signing key (mode 0600)."""
+    from controller.home import init_home
+    from controller.platform import Platform
+
+    settings = _settings(home)
+    created = init_home(settings.home)
+    with Platform(settings):
+        pass
+    console.print(f"home: {settings.home}" + (f" (created {', '.join(created)})" if created else " (already there)"))
+
+
+def _serve(settings: Any, platform: Any, banner: list[str]) -> None:
+    import uvicorn
+
+    from controller.api.app import create_app
+
+    print("\n".join(banner), flush=True)
+    uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=10)
+
+
+@app.command()
+def serve(home: HomeOpt = None, port: Annotated[int, typer.Option(help="0 = any free port")] = 8000) -> None:
+    """Serve the API on 127.0.0.1 (or the configured host)."""
+    settings = _settings(home)
+    settings = _settings(home, port=_free_port(port) if port else _free_port(0))
+    with _platform(settings.home) as platform:
+        platform.settings.port = settings.port
+        _serve(settings, platform, [f"bulles API: {settings.base_url}/docs"])
+
+
+@app.command()
+def demo(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option(help="Preferred port; another free one if taken")] = 8000,
+    pupils: Annotated[int, typer.Option(min=10, max=5_000_000, help="Synthetic pupils to generate")] = 5000,
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve after seeding")] = True,
+) -> None:
+    """Initialise the site, seed the demo organisation, sources and users, and serve."""
+    from controller.demo import seed
+    from controller.home import init_home
+    from controller.platform import Platform
+
+    settings = _settings(home, port=_free_port(port))
+    init_home(settings.home)
+    with Platform(settings) as platform:
+        users = seed(platform, pupils=pupils)
+        lines = [
+            f"bulles demo site — home {settings.home}",
+            f"  API docs:  {settings.base_url}/docs",
+            f"  catalog:   {settings.base_url}/api/v1/sources",
+            f"  DCAT-AP:   {settings.base_url}/api/v1/catalog.jsonld",
+            "  users (send 'Authorization: Bearer <token>'):",
+        ]
+        width = max(len(u.username) for u, _ in users)
+        for demo_user, token in users:
+            roles = ",".join(demo_user.roles)
+            lines.append(f"    {demo_user.username:<{width}}  {token}  {roles:<10}  {demo_user.journey}")
+        lines.append(f"  verify the audit log: bulles audit verify --home {settings.home}")
+        print("\n".join(lines), flush=True)
+        if serve_api:
+            _serve(settings, platform, ["Press Ctrl+C to stop."])
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: Annotated[list[str], typer.Option("--role", "-r", help="provider, researcher, reviewer, auditor, admin")],
+    org: Annotated[Optional[str], typer.Option("--org", help="Organisation id")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Create a user and print their token (shown once, stored hashed)."""
+    from controller import accounts
+    from controller.errors import ApiError
+
+    with _platform(home) as platform:
+        try:
+            _, token = accounts.add_user(platform, f"cli:{_os_user()}", username, role, org)
+        except ApiError as exc:
+            err.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"user {username} created; token (shown once):")
+    print(token)
+
+
+@user_app.command("token")
+def user_token(username: str, home: HomeOpt = None) -> None:
+    """Replace a user's token and print the new one (shown once)."""
+    from controller import accounts
+    from controller.errors import ApiError
+
+    with _platform(home) as platform:
+        try:
+            token = accounts.rotate_token(platform, f"cli:{_os_user()}", username)
+        except ApiError as exc:
+            err.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(1) from None
+    print(token)
+
+
+@org_app.command("add")
+def org_add(
+    org_id: str,
+    name: Annotated[str, typer.Option("--name")],
+    homepage: Annotated[Optional[str], typer.Option("--homepage")] = None,
+    email: Annotated[Optional[str], typer.Option("--email")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Declare an organisation (a provider, a lab, the site operator)."""
+    from controller import accounts
+    from controller.errors import ApiError
+
+    with _platform(home) as platform:
+        try:
+            accounts.add_organisation(platform, f"cli:{_os_user()}", org_id, name, homepage, email)
+        except ApiError as exc:
+            err.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"organisation {org_id} created")
+
+
+def _os_user() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _api(url: str, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        error = response.json()["error"]
+        message = error["message"]
+    except Exception:
+        message = response.text[:500]
+    err.print(f"[red]error {response.status_code}:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@source_app.command("register")
+def source_register(file: Path, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """Register a source from a YAML (or JSON) file."""
+    try:
+        body = file.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}: {exc.strerror}[/red]")
+        raise typer.Exit(2) from None
+    kind = "application/json" if file.suffix == ".json" else "application/yaml"
+    with _api(url, token) as client:
+        created = _check(client.post("/api/v1/sources", content=body, headers={"Content-Type": kind}))
+    console.print(f"registered {created['id']} (version {created['version']})")
+
+
+@source_app.command("list")
+def source_list(
+    q: Annotated[Optional[str], typer.Argument(help="Full-text query")] = None,
+    sensitivity: Annotated[Optional[str], typer.Option()] = None,
+    theme: Annotated[Optional[str], typer.Option()] = None,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = "",
+) -> None:
+    """Search the catalog."""
+    params = {k: v for k, v in {"q": q, "sensitivity": sensitivity, "theme": theme}.items() if v}
+    with _api(url, token or None) as client:
+        found = _check(client.get("/api/v1/sources", params=params))
+    table = Table("id", "title", "sensitivity", "publisher", "status")
+    for item in found["items"]:
+        spec = item["spec"]
+        table.add_row(item["id"], spec["title"], spec["sensitivity"], spec["publisher"], item["status"])
+    console.print(table)
+    console.print(f"{found['total']} source(s)")
+
+
+@source_app.command("retire")
+def source_retire(source_id: str, reason: Annotated[str, typer.Option("--reason")],
+                  url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """Retire a source: kept in the catalog as retired, no longer offered."""
+    with _api(url, token) as client:
+        _check(client.post(f"/api/v1/sources/{source_id}/retire", json={"reason": reason}))
+    console.print(f"retired {source_id}")
+
+
+@catalog_app.command("export")
+def catalog_export(out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,
+                   url: UrlOpt = "http://127.0.0.1:8000") -> None:
+    """Write the catalog as DCAT-AP 3 JSON-LD."""
+    with _api(url, None) as client:
+        document = _check(client.get("/api/v1/catalog.jsonld"))
+    text = json.dumps(document, ensure_ascii=False, indent=2)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {out}")
+    else:
+        print(text)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    home: HomeOpt = None,
+    database_url: Annotated[Optional[str], typer.Option("--database-url", envvar="BULLES_DATABASE_URL")] = None,
+    public_key: Annotated[Optional[Path], typer.Option("--public-key", help="PEM; the home's signing.pub by default")] = None,
+    checkpoint: Annotated[Optional[int], typer.Option("--checkpoint", help="Checkpoint id; the latest by default")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recompute the whole log and check it against a signed checkpoint. Exit 1 names the first bad event."""
+    from controller.audit.verify import verify
+    from controller.home import SIGNING_PUB, load_public_key
+    from controller.store import make_engine
+
+    settings = _settings(home, database_url=database_url)
+    key_path = public_key or settings.home / SIGNING_PUB
+    try:
+        key = load_public_key(key_path)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot load the public key {key_path}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    engine = make_engine(settings.db_url)
+    try:
+        report = verify(engine, key, checkpoint)
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    elif report.ok:
+        console.print(f"[green]OK[/green] {report.events} events; checkpoint {report.checkpoint_id} "
+                      f"(size {report.checkpoint_size}) verified; {report.uncovered} newer event(s) chain-checked only")
+    else:
+        where = f" (first bad sequence number: {report.first_bad_seq})" if report.first_bad_seq else ""
+        err.print(f"[red]FAILED[/red] {report.problem}{where}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(home: HomeOpt = None) -> None:
+    """Sign a checkpoint of the log as it stands now."""
+    with _platform(home) as platform:
+        try:
+            row = platform.audit.checkpoint()
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"checkpoint {row.id}: size {row.size}, root {row.root.hex()}")
+
+
+if __name__ == "__main__":
+    app()

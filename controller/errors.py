@@ -1,0 +1,99 @@
+"""API errors: a stable machine code, a message for people, and the faulty field when known.
+
+Client mistakes are 4xx with this JSON body; only our own bugs may produce a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.extra = status, code, message, field, extra
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        error.update(self.extra)
+        return {"error": error}
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    return ApiError(404, "not_found", f"{kind} '{ident}' does not exist")
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_problems(exc: ValidationError | RequestValidationError) -> list[dict[str, str]]:
+    """One entry per problem, with the dotted path of the field (cross-field rules included)."""
+    from catalog.model import FieldError
+
+    problems = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        loc = tuple(err.get("loc", ()))
+        # pydantic adds the union member's tag to the path (connector.file.path): drop it.
+        loc = tuple(p for p in loc if p not in ("s3", "postgresql", "http", "file") or loc.index(p) == 0)
+        if isinstance(cause, FieldError):
+            prefix = _location(loc)
+            field = cause.field if prefix == "body" else f"{prefix}.{cause.field}"
+            problems.append({"field": field, "message": cause.message})
+            continue
+        message = err.get("msg", "invalid").removeprefix("Value error, ")
+        problems.append({"field": _location(loc), "message": message})
+    return problems
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> ApiError:
+    problems = validation_problems(exc)
+    first = problems[0] if problems else {"field": "body", "message": "invalid"}
+    return ApiError(422, "validation_error", f"{first['field']}: {first['message']}", field=first["field"], problems=problems)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = validation_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(ValidationError)
+    async def _model_validation(_request: Request, exc: ValidationError) -> JSONResponse:
+        err = validation_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden"}
+        code = codes.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        body = {"error": {"code": "internal_error", "message": "internal error; it has been logged"}}
+        return JSONResponse(body, status_code=500)

@@ -1,0 +1,263 @@
+"""The audit log: group commit, atomicity with the state change, durability, verification,
+and detection of every kind of tampering at the exact place. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete, func, select, text, update
+from typer.testing import CliRunner
+
+from controller.audit.log import AuditLog, Event
+from controller.audit.verify import verify
+from controller.cli import app as cli
+from controller.home import SIGNING_PUB, load_public_key
+from controller.platform import Platform
+from controller.store import AuditEvent, Checkpoint, Organisation, make_engine, migrate
+
+
+def fill(platform: Platform, n: int) -> None:
+    futures = [platform.audit.submit(Event("user:t", "test.event", "thing", str(i), {"i": i, "note": "é✓"}))
+               for i in range(n)]
+    for future in futures:
+        future.result(30)
+
+
+def check(platform: Platform):
+    return verify(platform.engine, load_public_key(platform.settings.home / SIGNING_PUB))
+
+
+def test_appends_are_numbered_chained_and_verify(platform: Platform) -> None:
+    fill(platform, 250)
+    platform.audit.checkpoint()
+    fill(platform, 5)
+    report = check(platform)
+    assert report.ok, report.problem
+    assert (report.events, report.checkpoint_size, report.uncovered) == (255, 250, 5)
+    with platform.sessions() as s:
+        seqs = list(s.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)))
+    assert seqs == list(range(1, 256))
+
+
+def test_concurrent_appenders_lose_nothing_and_are_group_committed(platform: Platform) -> None:
+    batches: list[int] = []
+    original = platform.audit._on_batch
+    platform.audit._on_batch = lambda n: (batches.append(n), original(n))
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        for i in range(40):
+            appended = platform.audit.append(Event(f"user:w{w}", "test.event", "thing", f"{w}-{i}"))
+            with lock:
+                results.append(appended.seq)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(1, 641))
+    assert sum(batches) == 640 and len(batches) < 640  # some commits carried several events
+    platform.audit.checkpoint()
+    assert check(platform).ok
+
+
+def test_state_change_and_event_commit_together_or_not_at_all(platform: Platform) -> None:
+    def good(session):
+        session.add(Organisation(id="org-a", name="A", created_at="2026-01-01T00:00:00.000000Z"))
+        return "created"
+
+    def bad(session):
+        session.add(Organisation(id="org-b", name="B", created_at="2026-01-01T00:00:00.000000Z"))
+        session.flush()
+        raise ValueError("refused by a rule")
+
+    ok = platform.audit.submit(Event("user:t", "org.created", "organisation", "org-a"), good)
+    ko = platform.audit.submit(Event("user:t", "org.created", "organisation", "org-b"), bad)
+    assert ok.result(10).result == "created"
+    with pytest.raises(ValueError, match="refused by a rule"):
+        ko.result(10)
+    with platform.sessions() as s:
+        assert s.get(Organisation, "org-a") is not None
+        assert s.get(Organisation, "org-b") is None  # rolled back to its savepoint
+        assert [e.subject_id for e in s.scalars(select(AuditEvent))] == ["org-a"]
+
+
+def test_a_second_writer_on_the_same_database_does_not_fork_the_log(platform: Platform) -> None:
+    """A CLI appending beside the running server: both writers catch up, the chain stays one."""
+    fill(platform, 3)
+    other = AuditLog(platform.engine, origin="bulles/local", signing_key=platform.signing_key).start()
+    other.append(Event("cli:root", "test.event", "thing", "from-cli"))
+    other.close(final_checkpoint=False)
+    fill(platform, 3)  # the server's writer is now stale: it must reload and retry
+    platform.audit.checkpoint()
+    report = check(platform)
+    assert report.ok, report.problem
+    assert report.events == 7
+
+
+def test_checkpoint_of_an_empty_log_is_refused(platform: Platform) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        platform.audit.checkpoint()
+
+
+# -- tampering ------------------------------------------------------------------------
+@pytest.fixture
+def logged(platform: Platform) -> Platform:
+    fill(platform, 30)
+    platform.audit.checkpoint()
+    return platform
+
+
+def tamper(platform: Platform, statement) -> None:
+    with platform.engine.begin() as conn:
+        conn.execute(statement)
+
+
+def test_one_changed_byte_is_found_at_its_sequence_number(logged: Platform) -> None:
+    with logged.sessions() as s:
+        details = s.get(AuditEvent, 17).details
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 17).values(details=details.replace('"i":16', '"i":61')))
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 17, report
+
+
+@pytest.mark.parametrize("column,value", [("actor", "user:someone-else"), ("ts", "2020-01-01T00:00:00.000000Z"),
+                                          ("subject_id", "x"), ("action", "test.evenT")])
+def test_a_changed_column_is_found(logged: Platform, column: str, value: str) -> None:
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 9).values({column: value}))
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 9
+
+
+def test_a_deleted_event_is_found(logged: Platform) -> None:
+    tamper(logged, delete(AuditEvent).where(AuditEvent.seq == 12))
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 12 and "missing" in report.problem
+
+
+def test_reordered_events_are_found(logged: Platform) -> None:
+    # Swap the contents of events 20 and 21 (same sequence numbers, other order).
+    with logged.sessions() as s:
+        a, b = s.get(AuditEvent, 20), s.get(AuditEvent, 21)
+        cols = ("ts", "actor", "action", "subject_type", "subject_id", "details", "leaf_hash", "chain_hash")
+        va, vb = ({c: getattr(a, c) for c in cols}, {c: getattr(b, c) for c in cols})
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 20).values(vb))
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 21).values(va))
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 20
+
+
+def test_truncation_is_found(logged: Platform) -> None:
+    tamper(logged, delete(AuditEvent).where(AuditEvent.seq > 26))
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 27 and "truncated" in report.problem
+
+
+def test_a_replaced_checkpoint_signature_is_found(logged: Platform) -> None:
+    forged = Ed25519PrivateKey.generate().sign(b"anything")
+    tamper(logged, update(Checkpoint).values(signature=forged))
+    report = check(logged)
+    assert not report.ok and "signature" in report.problem
+
+
+def test_a_consistently_rewritten_chain_is_caught_by_the_checkpoint(logged: Platform) -> None:
+    """An attacker with database access rewrites event 5 and recomputes every hash after it:
+    each event matches its stored hash, but not the signed checkpoint."""
+    from controller.audit.canonical import entry_bytes
+    from controller.audit.merkle import leaf_hash
+    import hashlib
+
+    with logged.sessions() as s:
+        rows = list(s.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+    head = rows[3].chain_hash
+    with logged.engine.begin() as conn:
+        for row in rows[4:]:
+            actor = "user:nobody" if row.seq == 5 else row.actor
+            leaf = leaf_hash(entry_bytes(row.seq, row.ts, actor, row.action, row.subject_type, row.subject_id,
+                                         row.decision_id, row.policy_revision, row.details))
+            head = hashlib.sha256(head + leaf).digest()
+            conn.execute(update(AuditEvent).where(AuditEvent.seq == row.seq)
+                         .values(actor=actor, leaf_hash=leaf, chain_hash=head))
+    report = check(logged)
+    assert not report.ok and report.bad_range == (1, 30)
+
+
+def test_verify_with_a_key_that_did_not_sign_fails(logged: Platform) -> None:
+    report = verify(logged.engine, Ed25519PrivateKey.generate().public_key())
+    assert not report.ok and "signature" in report.problem
+
+
+def test_a_log_without_checkpoint_does_not_verify(platform: Platform) -> None:
+    fill(platform, 3)
+    report = check(platform)
+    assert not report.ok and "no signed checkpoint" in report.problem
+
+
+def test_cli_verify_names_the_first_bad_event(logged: Platform) -> None:
+    runner = CliRunner()
+    args = ["audit", "verify", "--home", str(logged.settings.home), "--database-url", logged.settings.db_url]
+    ok = runner.invoke(cli, args)
+    assert ok.exit_code == 0, ok.output
+    assert "30 events" in ok.output
+    tamper(logged, delete(AuditEvent).where(AuditEvent.seq == 4))
+    bad = runner.invoke(cli, args)
+    assert bad.exit_code == 1
+    assert "first bad sequence number: 4" in bad.output
+
+
+# -- crash ----------------------------------------------------------------------------
+WRITER = """
+import sys
+from controller.config import load_settings
+from controller.platform import Platform
+from controller.audit.log import Event
+settings = load_settings(None, checkpoint_interval_seconds=0.05)
+with Platform(settings) as p:
+    p.audit.checkpoint() if p.audit.size else None
+    i = 0
+    while True:
+        futures = [p.audit.submit(Event("user:crash", "test.event", "thing", str(i + k), {"k": k})) for k in range(50)]
+        for f in futures:
+            print(f.result().seq, flush=True)
+        i += 50
+"""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_kill_9_loses_no_acknowledged_event(home: Path, db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    env = {**os.environ, "BULLES_HOME": str(home), "BULLES_DATABASE_URL": db_url}
+    acked: list[int] = []
+    for _round in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, env=env, text=True)
+        deadline = time.monotonic() + 60
+        start = len(acked)
+        while len(acked) - start < 2000 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked.append(int(line))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        acked.extend(int(x) for x in proc.stdout.read().split())  # printed just before the kill
+        assert len(acked) - start >= 2000, "the writer did not get going"
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(AuditEvent.seq)).scalars())
+        count = conn.execute(select(func.count()).select_from(AuditEvent)).scalar()
+        assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    assert set(acked) <= stored
+    assert count == max(stored)  # no hole
+    report = verify(engine, load_public_key(home / SIGNING_PUB))
+    assert report.ok, report.problem
+    engine.dispose()
