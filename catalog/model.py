@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from catalog.vocab import (
+    HTTP_IRI,
     PERSONAL_SENSITIVITIES,
     AccessMode,
     AccessRights,
@@ -30,8 +31,10 @@ from connectors.location import Location
 
 SOURCE_ID = r"^[a-z0-9][a-z0-9._-]{1,62}[a-z0-9]$"
 ORG_ID = r"^[a-z0-9][a-z0-9._-]{0,62}[a-z0-9]$"
-# ISO 8601 durations as used for retention periods (P5Y, P18M, P30D, P1Y6M).
-_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?$")
+# ISO 8601 durations as used for retention periods (P5Y, P18M, P30D, P1Y6M, P6W); weeks
+# stand alone, as ISO 8601 says.
+_DURATION = re.compile(r"^P((?!$)(\d+Y)?(\d+M)?(\d+D)?|\d+W)$")
+GDPR = "http://data.europa.eu/eli/reg/2016/679/oj"
 
 
 class _Strict(BaseModel):
@@ -75,6 +78,8 @@ class Column(_Strict):
             raise ValueError(f"'{hint.to}' needs a date or timestamp column, not {self.type}")
         if hint.to is Generalisation.band and self.type not in (ColumnType.int64, ColumnType.float64):
             raise ValueError(f"'band' needs a numeric column, not {self.type}")
+        if hint.to in (Generalisation.departement, Generalisation.rare_to_other) and self.type is not ColumnType.string:
+            raise ValueError(f"'{hint.to}' needs a string column, not {self.type}")
         return self
 
 
@@ -89,6 +94,8 @@ class Temporal(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "Temporal":
+        if self.start is None and self.end is None:
+            raise ValueError("give 'start', 'end' or both")
         if self.start and self.end and self.end < self.start:
             raise ValueError("'end' is before 'start'")
         return self
@@ -104,11 +111,11 @@ class SourceSpec(_Strict):
     contact_point: ContactPoint
     keywords: list[str] = Field(default_factory=list, max_length=50)
     themes: list[Theme] = Field(default_factory=list)
-    language: list[str] = Field(default_factory=lambda: ["fr"])
+    language: list[str] = Field(default_factory=lambda: ["fr"], min_length=1)
     access_rights: AccessRights
     applicable_legislation: list[str] = Field(default_factory=list)
-    licence: str | None = Field(None, pattern=r"^https?://\S+$")
-    landing_page: str | None = Field(None, pattern=r"^https?://\S+$")
+    licence: str | None = Field(None, pattern=HTTP_IRI)
+    landing_page: str | None = Field(None, pattern=HTTP_IRI)
     provenance: str | None = Field(None, max_length=4000)
     temporal: Temporal | None = None
     spatial: list[str] = Field(default_factory=list)
@@ -137,8 +144,16 @@ class SourceSpec(_Strict):
     @classmethod
     def _uris(cls, value: list[str]) -> list[str]:
         for item in value:
-            if not re.match(r"^https?://\S+$", item):
-                raise ValueError(f"'{item}' is not an http(s) URI")
+            if not re.match(HTTP_IRI, item):
+                raise ValueError(f"'{item}' is not an http(s) IRI")
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[a-z]{2}", item):
+                raise ValueError(f"'{item}' is not an ISO 639-1 code such as 'fr' or 'en'")
         return value
 
     @field_validator("retention")
@@ -168,9 +183,15 @@ class SourceSpec(_Strict):
                 raise FieldError("access_rights", f"a {self.sensitivity} source cannot be PUBLIC")
             if not self.allowed_purposes:
                 raise FieldError("allowed_purposes", f"a {self.sensitivity} source must list allowed purposes")
+            if GDPR not in self.applicable_legislation:
+                raise FieldError("applicable_legislation", f"a {self.sensitivity} source falls under the GDPR ({GDPR})")
+        if self.sensitivity is Sensitivity.internal and self.access_rights is AccessRights.PUBLIC:
+            raise FieldError("access_rights", "an internal source is not PUBLIC")
         if self.sensitivity is Sensitivity.open:
             if self.access_rights is not AccessRights.PUBLIC:
                 raise FieldError("access_rights", "an open source is PUBLIC")
+            if self.licence is None:
+                raise FieldError("licence", "an open source states its licence")
             for index, column in enumerate(self.schema_):
                 if column.role in (ColumnRole.identifier, ColumnRole.sensitive):
                     raise FieldError(

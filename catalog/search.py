@@ -41,9 +41,10 @@ def search_text(spec: SourceSpec, publisher_name: str = "") -> str:
 
 
 def rank(text: str, query_terms: list[str]) -> int:
-    """Weighted count of term occurrences in a `search_text`."""
+    """Sum of the weights of the fields each term appears in (presence, not count, so that a
+    schema repeating a word in fifty column names does not outweigh a title)."""
     lines = text.split("\n")
-    return sum(weight * line.count(term) for term in query_terms for weight, line in zip(WEIGHTS.values(), lines))
+    return sum(weight for term in query_terms for weight, line in zip(WEIGHTS.values(), lines) if term in line)
 
 
 def like_pattern(term: str) -> str:

@@ -130,4 +130,7 @@ class Role(StrEnum):
     admin = "admin"
 
 
+# http(s) IRIs without the characters RFC 3987 forbids (spaces, <>"{}|\^`).
+HTTP_IRI = r"^https?://[^\s<>\"{}|\\^`]+$"
+
 PERSONAL_SENSITIVITIES = frozenset({Sensitivity.personal, Sensitivity.sensitive})

@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from catalog.vocab import HTTP_IRI
+
 FileFormat = Literal["parquet", "csv", "json"]
 _NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
@@ -52,7 +54,7 @@ class PostgresqlLocation(_Location):
 
 class HttpLocation(_Location):
     kind: Literal["http"]
-    url: str = Field(pattern=r"^https?://\S+$")
+    url: str = Field(pattern=HTTP_IRI)
     format: FileFormat = "csv"
 
 

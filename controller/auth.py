@@ -98,7 +98,9 @@ class OidcAuthenticator:
 
     def __init__(self, oidc: OidcSettings, jwks_client: jwt.PyJWKClient | None = None) -> None:
         self._oidc = oidc
-        self._jwks = jwks_client or jwt.PyJWKClient(oidc.jwks_url, cache_keys=True, lifespan=300, timeout=10)
+        # The key *set* is cached for `lifespan` seconds; no per-kid cache (cache_keys=True is an
+        # lru_cache that never expires), so a key the provider withdraws stops being trusted.
+        self._jwks = jwks_client or jwt.PyJWKClient(oidc.jwks_url, cache_keys=False, lifespan=300, timeout=10)
 
     def __call__(self, token: str) -> Principal:
         oidc = self._oidc
@@ -126,10 +128,22 @@ class OidcAuthenticator:
         raw_roles = _claim(claims, oidc.roles_claim)
         if isinstance(raw_roles, str):
             raw_roles = raw_roles.split()
+        if raw_roles is not None and not isinstance(raw_roles, list):
+            raise ApiError(403, "no_role", f"the token's '{oidc.roles_claim}' claim is not a list of roles")
         roles = _roles(raw_roles or [], f"the token's '{oidc.roles_claim}' claim")
         username = _claim(claims, oidc.username_claim) or claims["sub"]
-        organisation = _claim(claims, oidc.organisation_claim)
-        return Principal(str(username), roles, str(organisation) if organisation else None, via="oidc")
+        return Principal(str(username), roles, _organisation(_claim(claims, oidc.organisation_claim)), via="oidc")
+
+
+def _organisation(value: Any) -> str | None:
+    """A string, or a one-member list or object (Keycloak's organization claim is an object keyed
+    by alias); anything else names no single organisation, so the caller gets none."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (list, dict)) and len(value) == 1:
+        only = next(iter(value))
+        return only if isinstance(only, str) and only else None
+    return None
 
 
 Authenticator = Callable[[str], Principal]

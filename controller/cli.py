@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Optional
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="bulles — secure processing bubbles for education data", no_args_is_help=True)
@@ -42,7 +44,7 @@ def _settings(home: Path | None, **overrides: Any):  # noqa: ANN202 - lazy impor
     try:
         return load_settings(home, **overrides)
     except Exception as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        fail(f"configuration error: {exc}")
         raise typer.Exit(2) from None
 
 
@@ -53,6 +55,12 @@ def _platform(home: Path | None):  # noqa: ANN202
     settings = _settings(home)
     init_home(settings.home)
     return Platform(settings)
+
+
+
+def fail(message: str) -> None:
+    """An error for people: red, and printed verbatim (messages may hold patterns like [a-z])."""
+    err.print(f"[red]{escape(message)}[/red]")
 
 
 def _free_port(preferred: int) -> int:
@@ -84,17 +92,29 @@ def _serve(settings: Any, platform: Any, banner: list[str]) -> None:
     from controller.api.app import create_app
 
     print("\n".join(banner), flush=True)
-    uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=10)
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler it found:
+    # make that handler unwind the stack, so the platform drains and signs a last checkpoint.
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="info",
+                    timeout_graceful_shutdown=10)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
 def serve(home: HomeOpt = None, port: Annotated[int, typer.Option(help="0 = any free port")] = 8000) -> None:
-    """Serve the API on 127.0.0.1 (or the configured host)."""
-    settings = _settings(home)
-    settings = _settings(home, port=_free_port(port) if port else _free_port(0))
-    with _platform(settings.home) as platform:
-        platform.settings.port = settings.port
+    """Serve the API on the configured host (127.0.0.1 by default)."""
+    from controller.home import init_home
+    from controller.platform import Platform
+
+    settings = _settings(home, port=port or _free_port(0))
+    init_home(settings.home)
+    with Platform(settings) as platform:
         _serve(settings, platform, [f"bulles API: {settings.base_url}/docs"])
 
 
@@ -118,7 +138,7 @@ def demo(
             f"bulles demo site — home {settings.home}",
             f"  API docs:  {settings.base_url}/docs",
             f"  catalog:   {settings.base_url}/api/v1/sources",
-            f"  DCAT-AP:   {settings.base_url}/api/v1/catalog.jsonld",
+            f"  DCAT-AP:   {settings.base_url}/api/v1/catalog",
             "  users (send 'Authorization: Bearer <token>'):",
         ]
         width = max(len(u.username) for u, _ in users)
@@ -146,7 +166,7 @@ def user_add(
         try:
             _, token = accounts.add_user(platform, f"cli:{_os_user()}", username, role, org)
         except ApiError as exc:
-            err.print(f"[red]{exc.message}[/red]")
+            fail(exc.message)
             raise typer.Exit(1) from None
     console.print(f"user {username} created; token (shown once):")
     print(token)
@@ -162,7 +182,7 @@ def user_token(username: str, home: HomeOpt = None) -> None:
         try:
             token = accounts.rotate_token(platform, f"cli:{_os_user()}", username)
         except ApiError as exc:
-            err.print(f"[red]{exc.message}[/red]")
+            fail(exc.message)
             raise typer.Exit(1) from None
     print(token)
 
@@ -183,7 +203,7 @@ def org_add(
         try:
             accounts.add_organisation(platform, f"cli:{_os_user()}", org_id, name, homepage, email)
         except ApiError as exc:
-            err.print(f"[red]{exc.message}[/red]")
+            fail(exc.message)
             raise typer.Exit(1) from None
     console.print(f"organisation {org_id} created")
 
@@ -210,7 +230,7 @@ def _check(response: httpx.Response) -> Any:
         message = error["message"]
     except Exception:
         message = response.text[:500]
-    err.print(f"[red]error {response.status_code}:[/red] {message}")
+    fail(f"error {response.status_code}: {message}")
     raise typer.Exit(1)
 
 
@@ -220,7 +240,7 @@ def source_register(file: Path, url: UrlOpt = "http://127.0.0.1:8000", token: To
     try:
         body = file.read_bytes()
     except OSError as exc:
-        err.print(f"[red]cannot read {file}: {exc.strerror}[/red]")
+        fail(f"cannot read {file}: {exc.strerror}")
         raise typer.Exit(2) from None
     kind = "application/json" if file.suffix == ".json" else "application/yaml"
     with _api(url, token) as client:
@@ -262,7 +282,7 @@ def catalog_export(out: Annotated[Optional[Path], typer.Option("--out", "-o")] =
                    url: UrlOpt = "http://127.0.0.1:8000") -> None:
     """Write the catalog as DCAT-AP 3 JSON-LD."""
     with _api(url, None) as client:
-        document = _check(client.get("/api/v1/catalog.jsonld"))
+        document = _check(client.get("/api/v1/catalog"))
     text = json.dumps(document, ensure_ascii=False, indent=2)
     if out:
         out.write_text(text + "\n", encoding="utf-8")
@@ -289,7 +309,7 @@ def audit_verify(
     try:
         key = load_public_key(key_path)
     except (OSError, ValueError) as exc:
-        err.print(f"[red]cannot load the public key {key_path}: {exc}[/red]")
+        fail(f"cannot load the public key {key_path}: {exc}")
         raise typer.Exit(2) from None
     engine = make_engine(settings.db_url)
     try:
@@ -303,7 +323,7 @@ def audit_verify(
                       f"(size {report.checkpoint_size}) verified; {report.uncovered} newer event(s) chain-checked only")
     else:
         where = f" (first bad sequence number: {report.first_bad_seq})" if report.first_bad_seq else ""
-        err.print(f"[red]FAILED[/red] {report.problem}{where}")
+        fail(f"FAILED {report.problem}{where}")
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -314,7 +334,7 @@ def audit_checkpoint(home: HomeOpt = None) -> None:
         try:
             row = platform.audit.checkpoint()
         except ValueError as exc:
-            err.print(f"[red]{exc}[/red]")
+            fail(str(exc))
             raise typer.Exit(1) from None
     console.print(f"checkpoint {row.id}: size {row.size}, root {row.root.hex()}")
 

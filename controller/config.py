@@ -1,7 +1,9 @@
-"""Settings of one site, from `<home>/bulles.yaml` overridden by `BULLES_*` environment variables.
+"""Settings of one site: command-line options, then `BULLES_*` environment variables, then
+`<home>/bulles.yaml`.
 
-Environment wins over the file so that an operator (or Helm) can change one value without
-rewriting the file; nested values use `__` (e.g. `BULLES_OIDC__AUDIENCE`).
+The environment wins over the file so that an operator (or Helm) can change one value without
+rewriting the file; nested values use `__` (e.g. `BULLES_OIDC__AUDIENCE`), and a top-level key
+set in the environment replaces the file's whole value for that key.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from catalog.vocab import Role
@@ -20,7 +23,7 @@ CONFIG_FILE = "bulles.yaml"
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("BULLES_HOME", ".bulles")).resolve()
+    return Path(os.environ.get("BULLES_HOME") or ".bulles").resolve()
 
 
 class OidcSettings(BaseModel):
@@ -34,6 +37,26 @@ class OidcSettings(BaseModel):
     username_claim: str = "preferred_username"
     algorithms: list[str] = ["RS256", "ES256"]
     leeway_seconds: int = Field(30, ge=0, le=300)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, value: list[str]) -> list[str]:
+        """Only public-key algorithms: 'none' or HMAC would let a JWKS's public key sign tokens."""
+        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+        wrong = [a for a in value if a not in allowed]
+        if wrong or not value:
+            raise ValueError(f"algorithms must be among {sorted(allowed)}; refused: {wrong}")
+        return value
+
+    @field_validator("issuer", "jwks_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        """Keys fetched over plain HTTP could be swapped in transit: HTTPS, except on loopback."""
+        url = urlsplit(value)
+        loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError(f"'{value}' must be an https URL (plain http only on loopback)")
+        return value
 
 
 class ConfiguredUser(BaseModel):
@@ -74,7 +97,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        # Explicit values (command-line options, and the file's keys that the environment
+        # does not set, see load_settings) come first.
+        return (init_settings, env_settings)
 
     @property
     def db_url(self) -> str:
@@ -102,7 +127,8 @@ def load_settings(home: Path | None = None, **overrides: Any) -> Settings:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-        data.update(loaded)
+        env_keys = {k.removeprefix("BULLES_").split("__")[0].lower() for k in os.environ if k.startswith("BULLES_")}
+        data.update({k: v for k, v in loaded.items() if k not in env_keys})
     data["home"] = home
     data.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**data)

@@ -140,6 +140,10 @@ def site(platform: Platform) -> Site:
 
 
 def example(name: str) -> dict:
+    """An example source as a JSON-ready dict (YAML dates become ISO strings)."""
+    import json
+
     import yaml
 
-    return yaml.safe_load((ROOT / "catalog" / "examples" / f"{name}.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((ROOT / "catalog" / "examples" / f"{name}.yaml").read_text(encoding="utf-8"))
+    return json.loads(json.dumps(data, default=str))

@@ -13,8 +13,9 @@ from catalog.vocab import Role
 from controller import accounts
 from controller.api.deps import platform, principal, require, session
 from controller.auth import Principal
-from controller.errors import ApiError
+from controller.errors import ApiError, not_found
 from controller.platform import Platform
+from controller.store import Organisation
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 admin = require(Role.admin)
@@ -48,6 +49,14 @@ def organisations(db: Session = Depends(session)) -> list[dict[str, Any]]:
     return accounts.list_organisations(db)
 
 
+@router.get("/organisations/{org_id}", summary="One organisation")
+def organisation(org_id: str, db: Session = Depends(session)) -> dict[str, Any]:
+    org = db.get(Organisation, org_id)
+    if org is None:
+        raise not_found("organisation", org_id)
+    return accounts.org_view(org)
+
+
 @router.post("/organisations", status_code=201, summary="Declare an organisation")
 async def add_organisation(body: OrganisationBody, caller: Principal = Depends(admin),
                            site: Platform = Depends(platform)) -> dict[str, Any]:
@@ -61,7 +70,9 @@ def _embedded_only(site: Platform) -> None:
 
 
 @router.get("/users", summary="Embedded-mode users")
-def users(_: Principal = Depends(admin), db: Session = Depends(session)) -> list[dict[str, Any]]:
+def users(_: Principal = Depends(admin), db: Session = Depends(session),
+          site: Platform = Depends(platform)) -> list[dict[str, Any]]:
+    _embedded_only(site)
     return accounts.list_users(db)
 
 

@@ -3,17 +3,21 @@ source is its provider organisation's business."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 import orjson
 import yaml
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.orm import Session
 
+from catalog import dcat
+from catalog.dcat import Publisher
 from catalog.model import SourceSpec
 from catalog.vocab import Sensitivity, Theme
-from controller import sources
+from controller import accounts, sources
 from controller.api.deps import optional_principal, platform, principal, session
 from controller.auth import Principal
 from controller.errors import ApiError, validation_error
@@ -135,3 +139,39 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(fn, *args)
+
+
+JSONLD = "application/ld+json"
+
+
+def _publishers(db: Session) -> dict[str, Publisher]:
+    return {o["id"]: Publisher(o["id"], o["name"], o["homepage"], o["email"]) for o in accounts.list_organisations(db)}
+
+
+def _meta(row: Any) -> dict[str, Any]:
+    return {"issued": dt.datetime.fromisoformat(row.created_at), "modified": dt.datetime.fromisoformat(row.updated_at),
+            "status": row.status}
+
+
+@router.get("/catalog", summary="The whole catalog as DCAT-AP 3 JSON-LD", response_class=JSONResponse,
+            responses={200: {"content": {JSONLD: {}}}})
+def catalog(db: Session = Depends(session), site: Platform = Depends(platform)) -> JSONResponse:
+    settings = site.settings
+    publishers = _publishers(db)
+    _, rows = sources.find(db, status="all", limit=1_000_000)
+    entries = [(SourceSpec.model_validate(r.document), publishers[r.publisher], _meta(r)) for r in rows]
+    operator = Publisher(settings.site, settings.site_title)
+    document = dcat.catalog_to_dcat(entries, base_uri=settings.base_url, title=settings.site_title,
+                                    description=f"Sources offered by the bulles site '{settings.site}'",
+                                    publisher=operator)
+    return JSONResponse(document, media_type=JSONLD)
+
+
+@router.get("/sources/{source_id}/dcat", summary="One source as DCAT-AP 3 JSON-LD", response_class=JSONResponse,
+            responses={200: {"content": {JSONLD: {}}}})
+def source_dcat(source_id: str, db: Session = Depends(session), site: Platform = Depends(platform)) -> JSONResponse:
+    row = sources.get(db, source_id)
+    meta = _meta(row)
+    document = dcat.source_document(SourceSpec.model_validate(row.document), publisher=_publishers(db)[row.publisher],
+                                    base_uri=site.settings.base_url, **meta)
+    return JSONResponse(document, media_type=JSONLD)

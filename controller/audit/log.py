@@ -284,7 +284,7 @@ class AuditLog:
                     )
                     acks.append((item, Appended(seq, ts, head, result)))
                 if rows:
-                    session.execute(insert(AuditEvent), rows)
+                    session.connection().execute(insert(AuditEvent.__table__), rows)
                 wants_checkpoint = periodic_checkpoint and seq > self._last_checkpoint_size
                 for item in batch:
                     if item.checkpoint and self._key is not None:

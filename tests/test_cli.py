@@ -1,0 +1,112 @@
+"""The demo site as a user meets it: `bulles demo` in its own process on a free loopback port,
+driven through the CLI, stopped with SIGTERM, then its log verified offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import free_port
+from controller.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def demo_site(tmp_path: Path):
+    home, port = tmp_path / "home", free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "demo", "--home", str(home), "--port", str(port), "--pupils", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "BULLES_HOME": ""},
+    )
+    url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError("demo exited early:\n" + "".join(lines))
+            lines.append(line)
+            if "Press Ctrl+C" in line:
+                break
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        tokens = dict(re.findall(r"^\s{4}(\w+)\s+(blt_\S+)", "".join(lines), re.M))
+        yield {"home": home, "url": url, "tokens": tokens, "proc": proc, "banner": "".join(lines)}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> None:
+    url, tokens, home = demo_site["url"], demo_site["tokens"], demo_site["home"]
+    assert set(tokens) == {"alice", "bruno", "chloe", "david", "admin"}
+    assert f"{url}/docs" in demo_site["banner"]
+    assert (home / "master.key").stat().st_mode & 0o777 == 0o600
+    assert (home / "signing.key").stat().st_mode & 0o777 == 0o600
+    assert (home / "warehouse" / "pupils.parquet").exists()
+
+    listed = runner.invoke(app, ["source", "list", "--url", url])
+    assert listed.exit_code == 0 and "5 source(s)" in listed.output
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "catalog/examples/fr-en-ips-colleges-ap2022.yaml").read_text())
+    spec["id"] = "ips-colleges-copie"
+    path = tmp_path / "source.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    ok = runner.invoke(app, ["source", "register", str(path), "--url", url, "--token", tokens["alice"]])
+    assert ok.exit_code == 0, ok.output
+    refused = runner.invoke(app, ["source", "register", str(path), "--url", url, "--token", tokens["bruno"]])
+    assert refused.exit_code == 1 and "403" in refused.output
+    path.write_text("id: [broken", encoding="utf-8")
+    invalid = runner.invoke(app, ["source", "register", str(path), "--url", url, "--token", tokens["alice"]])
+    assert invalid.exit_code == 1 and "YAML" in invalid.output
+
+    exported = runner.invoke(app, ["catalog", "export", "--url", url, "--out", str(tmp_path / "catalog.jsonld")])
+    assert exported.exit_code == 0
+    assert "ips-colleges-copie" in (tmp_path / "catalog.jsonld").read_text()
+
+    whoami = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {tokens['david']}"}).json()
+    assert whoami["roles"] == ["auditor"]
+
+    demo_site["proc"].send_signal(signal.SIGTERM)
+    assert demo_site["proc"].wait(30) == 0
+    verified = runner.invoke(app, ["audit", "verify", "--home", str(home)])
+    assert verified.exit_code == 0, verified.output
+    assert "0 newer event(s)" in verified.output  # the stop signed a final checkpoint
+
+
+def test_demo_seeding_is_idempotent_and_tokens_are_stable(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = runner.invoke(app, ["demo", "--home", str(home), "--no-serve", "--pupils", "50"])
+    second = runner.invoke(app, ["demo", "--home", str(home), "--no-serve", "--pupils", "50"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    token = re.compile(r"alice\s+(blt_\S+)")
+    assert token.search(first.output).group(1) == token.search(second.output).group(1)
+    verified = runner.invoke(app, ["audit", "verify", "--home", str(home), "--json"])
+    assert verified.exit_code == 0
+    assert '"events": 13' in verified.output  # 3 organisations, 5 users, 5 sources; nothing twice
+
+
+def test_verify_refuses_a_missing_key(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["audit", "verify", "--home", str(tmp_path), "--public-key", str(tmp_path / "none.pem")])
+    assert result.exit_code == 2 and "cannot load the public key" in result.output
