@@ -241,6 +241,7 @@ class AuditLog:
 
     def _write_once(self, batch: list[_Item], periodic_checkpoint: bool) -> None:
         rows: list[dict[str, Any]] = []
+        wants_checkpoint = False
         acks: list[tuple[_Item, Appended | Checkpoint]] = []
         failed: list[tuple[_Item, BaseException]] = []
         seq, head = self._size, self._head
@@ -305,7 +306,7 @@ class AuditLog:
             self.tree.truncate(self._size)
             raise
         self._size, self._head = seq, head
-        if any(isinstance(ack, Checkpoint) for _, ack in acks) or (periodic_checkpoint and rows):
+        if wants_checkpoint:
             self._last_checkpoint_size = seq
         if self._on_batch is not None and rows:
             self._on_batch(len(rows))
