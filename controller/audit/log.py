@@ -159,6 +159,8 @@ class AuditLog:
         """Sign the log as it stands after everything queued so far."""
         if self._key is None:
             raise RuntimeError("this audit log has no signing key")
+        if self._closed:
+            raise AuditLogClosed("the audit log is closed")
         future: Future = Future()
         self._queue.put(_Item(None, None, future, checkpoint=True))
         return future.result(timeout)
@@ -219,17 +221,16 @@ class AuditLog:
                 item.future.set_exception(AuditLogClosed("the audit log is closed"))
 
     def _write(self, batch: list[_Item], *, periodic_checkpoint: bool = False) -> None:
+        """Commit one batch; whatever goes wrong is reported to its callers, never kills the writer."""
         try:
-            self._write_once(batch, periodic_checkpoint)
-        except IntegrityError:
-            # Another process appended since we loaded the tail (a CLI beside the server):
-            # catch up from the database and run the whole batch again.
-            log.warning("audit log moved under us; reloading its tail and retrying")
-            self._load_tail()
             try:
                 self._write_once(batch, periodic_checkpoint)
-            except BaseException as exc:
-                self._fail(batch, exc)
+            except IntegrityError:
+                # Another process appended since we loaded the tail (a CLI beside the server):
+                # catch up from the database and run the whole batch again.
+                log.warning("audit log moved under us; reloading its tail and retrying")
+                self._load_tail()
+                self._write_once(batch, periodic_checkpoint)
         except BaseException as exc:
             self._fail(batch, exc)
 
