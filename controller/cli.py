@@ -26,8 +26,9 @@ org_app = typer.Typer(help="Organisations (local administration)", no_args_is_he
 source_app = typer.Typer(help="Catalog sources, through the API", no_args_is_help=True)
 catalog_app = typer.Typer(help="The catalog as a whole, through the API", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log", no_args_is_help=True)
+view_app = typer.Typer(help="Views of sources (local administration)", no_args_is_help=True)
 for sub, name in ((user_app, "user"), (org_app, "org"), (source_app, "source"), (catalog_app, "catalog"),
-                  (audit_app, "audit")):
+                  (audit_app, "audit"), (view_app, "view")):
     app.add_typer(sub, name=name)
 
 console = Console(soft_wrap=True)
@@ -111,10 +112,11 @@ def serve(home: HomeOpt = None, port: Annotated[int, typer.Option(help="0 = any 
     """Serve the API on the configured host (127.0.0.1 by default)."""
     from controller.home import init_home
     from controller.platform import Platform
+    from controller.warehouse import embedded_warehouse
 
     settings = _settings(home, port=port or _free_port(0))
     init_home(settings.home)
-    with Platform(settings) as platform:
+    with embedded_warehouse(settings), Platform(settings) as platform:
         _serve(settings, platform, [f"bulles API: {settings.base_url}/docs"])
 
 
@@ -129,11 +131,12 @@ def demo(
     from controller.demo import seed
     from controller.home import init_home
     from controller.platform import Platform
+    from controller.warehouse import embedded_warehouse
 
     settings = _settings(home, port=_free_port(port))
     init_home(settings.home)
-    with Platform(settings) as platform:
-        users = seed(platform, pupils=pupils)
+    with embedded_warehouse(settings) as warehouse, Platform(settings) as platform:
+        users = seed(platform, pupils=pupils, warehouse=warehouse)
         lines = [
             f"bulles demo site — home {settings.home}",
             f"  API docs:  {settings.base_url}/docs",
@@ -145,6 +148,8 @@ def demo(
         for demo_user, token in users:
             roles = ",".join(demo_user.roles)
             lines.append(f"    {demo_user.username:<{width}}  {token}  {roles:<10}  {demo_user.journey}")
+        if warehouse is not None:
+            lines.append(f"  warehouse: SeaweedFS S3 at {warehouse.endpoint} (buckets opendata, eleves)")
         lines.append(f"  verify the audit log: bulles audit verify --home {settings.home}")
         print("\n".join(lines), flush=True)
         if serve_api:
@@ -337,6 +342,45 @@ def audit_checkpoint(home: HomeOpt = None) -> None:
             fail(str(exc))
             raise typer.Exit(1) from None
     console.print(f"checkpoint {row.id}: size {row.size}, root {row.root.hex()}")
+
+
+@view_app.command("build")
+def view_build(
+    source: str,
+    mode: Annotated[str, typer.Option("--mode", help="raw, minimised, pseudonymised, generalised, aggregated, synthetic")],
+    project: Annotated[str, typer.Option("--project", help="Project the view is for (pseudonym key)")],
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Comma-separated; all by default")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="NAME=JSON, e.g. k=5, dimensions='[\"sex\"]'")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Materialise a view of a registered source and print its manifest."""
+    from connectors.base import ConnectorError
+    from controller import views
+    from controller.errors import ApiError
+
+    parameters: dict[str, Any] = {}
+    for item in param or []:
+        name, _, raw = item.partition("=")
+        try:
+            parameters[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parameters[name] = raw
+    request = views.ViewRequest(source=source, mode=mode, project=project,
+                                columns=columns.split(",") if columns else None, parameters=parameters)
+    from controller.warehouse import embedded_warehouse
+
+    platform = _platform(home)
+    with embedded_warehouse(platform.settings), platform:
+        try:
+            manifest, created = views.materialise(platform, f"cli:{_os_user()}", request)
+        except (ApiError, ConnectorError) as exc:
+            fail(getattr(exc, "message", str(exc)) if isinstance(exc, ApiError) else str(exc))
+            raise typer.Exit(1) from None
+        except ValueError as exc:
+            fail(str(exc))
+            raise typer.Exit(1) from None
+    print(json.dumps(manifest, indent=2, ensure_ascii=False))
+    err.print(("built " if created else "already built: ") + str(platform.settings.home / "views" / manifest["view"]))
 
 
 if __name__ == "__main__":

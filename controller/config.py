@@ -70,6 +70,17 @@ class ConfiguredUser(BaseModel):
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class S3Credentials(BaseModel):
+    """A credential set for S3 warehouses, named by sources' `credentials` (default: 'default')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:8333; AWS when absent")
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BULLES_", env_nested_delimiter="__", extra="forbid")
 
@@ -87,6 +98,10 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: float = Field(300.0, ge=0, description="0 disables periodic checkpoints")
     audit_batch_max: int = Field(1000, ge=1, le=100_000)
     file_roots: dict[str, Path] = {}
+    s3: dict[str, S3Credentials] = Field({}, description="Credential sets for S3 warehouses")
+    databases: dict[str, str] = Field({}, description="PostgreSQL warehouses: name -> connection URL")
+    http_allow_private: bool = Field(False, description="Let http sources reach loopback/private addresses")
+    warehouse: Literal["seaweedfs", "none"] = Field("seaweedfs", description="Embedded S3 warehouse of the demo")
 
     @classmethod
     def settings_customise_sources(

@@ -92,6 +92,15 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=exc.status_code)
 
+    from connectors.base import ConnectorError
+
+    @app.exception_handler(ConnectorError)
+    async def _warehouse(_request: Request, exc: ConnectorError) -> JSONResponse:
+        # The warehouse, not the caller, is at fault for most of these: 502 says so.
+        status = {"unknown_column": 422, "invalid_location": 422, "schema_mismatch": 409, "empty": 409}.get(exc.code, 502)
+        body = {"error": {"code": f"warehouse_{exc.code}", "message": str(exc), "source": exc.source}}
+        return JSONResponse(body, status_code=status)
+
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)

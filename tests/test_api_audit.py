@@ -65,7 +65,7 @@ def test_inclusion_and_consistency_proofs_check_out_against_a_signed_checkpoint(
         proof = site.client.get(f"/api/v1/audit/events/{seq}/proof", headers=david).json()
         assert verify_inclusion(bytes.fromhex(proof["leaf_hash"]), seq - 1, second["size"],
                                 [bytes.fromhex(p) for p in proof["proof"]], bytes.fromhex(second["root"]))
-    old = site.client.get(f"/api/v1/audit/events/2/proof", params={"checkpoint": first["id"]}, headers=david).json()
+    old = site.client.get("/api/v1/audit/events/2/proof", params={"checkpoint": first["id"]}, headers=david).json()
     assert old["tree_size"] == first["size"]
     newer = site.client.get(f"/api/v1/audit/events/{second['size']}/proof", params={"checkpoint": first["id"]},
                             headers=david)

@@ -1,0 +1,296 @@
+"""Views: a source turned into exactly what a grant allows, materialised as Parquet plus a
+manifest, atomically and idempotently, with an audit event either way.
+
+`plan` is pure: from the catalog entry and the request it fixes the columns, the parameters
+and the view's id (a hash of everything that determines the content), so asking twice for the
+same view returns the one already built. `materialise` streams the source through the mode's
+transform into a temporary directory and renames it into place only when complete: a failure
+leaves nothing behind but an audit event saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catalog.model import SourceSpec
+from catalog.vocab import AccessMode, ColumnRole, ColumnType
+from connectors.base import Connector, ConnectorError
+from connectors.pseudonyms import Pseudonymiser, project_key
+from controller.audit.canonical import canonical
+from controller.audit.log import Event
+from controller.errors import ApiError
+from controller.store import iso, utcnow
+
+DATA_FILE = "data.parquet"
+MANIFEST = "manifest.json"
+SCAN_ROWS = 1 << 20  # large batches: pseudonymisation hashes each batch's distinct values once
+DEFAULTS: dict[AccessMode, dict[str, Any]] = {
+    AccessMode.generalised: {"k": 5},
+    AccessMode.aggregated: {"threshold": 10, "measures": []},
+    AccessMode.synthetic: {"seed": 0},
+}
+ALLOWED_PARAMETERS: dict[AccessMode, set[str]] = {
+    AccessMode.raw: set(),
+    AccessMode.minimised: set(),
+    AccessMode.pseudonymised: set(),
+    AccessMode.generalised: {"k"},
+    AccessMode.aggregated: {"dimensions", "measures", "threshold"},
+    AccessMode.synthetic: {"size", "seed"},
+}
+
+
+@dataclass(frozen=True)
+class ViewRequest:
+    source: str
+    mode: AccessMode
+    project: str
+    columns: Sequence[str] | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    grant: str | None = None
+    decision_id: str | None = None
+
+
+def _bad(field_name: str, message: str) -> ApiError:
+    return ApiError(422, "validation_error", f"{field_name}: {message}", field=field_name)
+
+
+def plan(spec: SourceSpec, request: ViewRequest, *, source_version: int, document_sha256: str) -> dict[str, Any]:
+    """Everything that fixes a view's content, checked against the source; pure."""
+    mode = AccessMode(request.mode)
+    if mode not in spec.access_modes:
+        raise ApiError(422, "mode_not_allowed", f"mode: source '{spec.id}' does not allow '{mode}' "
+                       f"(it allows {', '.join(spec.access_modes)})", field="mode")
+    if not request.project:
+        raise _bad("project", "a view belongs to a project")
+    roles = {c.name: c for c in spec.schema_}
+    requested = list(request.columns) if request.columns is not None else [c.name for c in spec.schema_]
+    for index, name in enumerate(requested):
+        if name not in roles:
+            raise _bad(f"columns.{index}", f"source '{spec.id}' has no column '{name}'")
+    if len(set(requested)) != len(requested):
+        raise _bad("columns", "a column is listed twice")
+    unknown = set(request.parameters) - ALLOWED_PARAMETERS[mode]
+    if unknown:
+        raise _bad(f"parameters.{sorted(unknown)[0]}", f"not a parameter of the {mode} mode")
+    parameters = {**DEFAULTS.get(mode, {}), **dict(request.parameters)}
+    identifiers = [n for n in requested if roles[n].role is ColumnRole.identifier]
+    if mode is AccessMode.raw:
+        columns = requested
+    elif mode is AccessMode.pseudonymised:
+        columns = requested
+        parameters["pseudonymised"] = identifiers
+    else:
+        columns = [n for n in requested if roles[n].role is not ColumnRole.identifier]
+        parameters["dropped"] = identifiers
+    if not columns:
+        raise _bad("columns", f"nothing left to show once identifiers are removed in the {mode} mode")
+    if mode is AccessMode.generalised:
+        k = parameters["k"]
+        if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+            raise _bad("parameters.k", "k is a whole number of at least 2")
+    if mode is AccessMode.aggregated:
+        dims = parameters.get("dimensions")
+        if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
+            raise _bad("parameters.dimensions", "give the dimensions to group by (a list of column names)")
+        for name in [*dims, *parameters["measures"]]:
+            if name not in columns:
+                raise _bad("parameters.dimensions", f"'{name}' is not among the view's columns")
+        for name in parameters["measures"]:
+            if roles[name].type not in (ColumnType.int64, ColumnType.float64):
+                raise _bad("parameters.measures", f"'{name}' is not numeric")
+        threshold = parameters["threshold"]
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+            raise _bad("parameters.threshold", "the threshold is a whole number of at least 1")
+        columns = [*dims, *parameters["measures"]]
+    if mode is AccessMode.synthetic:
+        size = parameters.setdefault("size", spec.number_of_records or 1000)
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 10_000_000:
+            raise _bad("parameters.size", "size is a whole number from 1 to 10,000,000")
+    content = {
+        "source": spec.id, "source_version": source_version, "document_sha256": document_sha256,
+        "mode": mode.value, "columns": columns, "parameters": parameters, "project": request.project,
+        "grant": request.grant,
+    }
+    return {**content, "view": hashlib.sha256(canonical(content)).hexdigest()[:32], "decision_id": request.decision_id}
+
+
+Scan = Callable[[], Iterator[pa.RecordBatch]]
+
+
+def _counted(batches: Iterator[pa.RecordBatch], counter: dict[str, int]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        counter["rows_in"] += batch.num_rows
+        yield batch
+
+
+def transform(spec: SourceSpec, view: Mapping[str, Any], connector: Connector,
+              master: bytes) -> tuple[Iterator[pa.RecordBatch], dict[str, Any]]:
+    """The mode's batches and the statistics its manifest reports (filled as batches flow)."""
+    mode = AccessMode(view["mode"])
+    params = view["parameters"]
+    columns = view["columns"]
+    stats: dict[str, Any] = {"rows_in": 0}
+
+    def scan() -> Iterator[pa.RecordBatch]:
+        return connector.scan(columns, batch_rows=SCAN_ROWS)
+
+    if mode in (AccessMode.raw, AccessMode.minimised):
+        return _counted(scan(), stats), stats
+    if mode is AccessMode.pseudonymised:
+        pseudonymiser = Pseudonymiser(project_key(master, view["project"]))
+        targets = set(params["pseudonymised"])
+
+        def pseudonymised() -> Iterator[pa.RecordBatch]:
+            for batch in _counted(scan(), stats):
+                arrays = [pseudonymiser.array(batch.column(i)) if name in targets else batch.column(i)
+                          for i, name in enumerate(batch.schema.names)]
+                yield pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+            stats["distinct_identifiers"] = pseudonymiser.distinct
+
+        return pseudonymised(), stats
+    by_name = {c.name: c for c in spec.schema_}
+    if mode is AccessMode.generalised:
+        from connectors.generalise import generalise
+
+        batches, extra = generalise(scan, [by_name[c] for c in columns], k=params["k"], keep=columns)
+        return batches, _merge(stats, extra)
+    if mode is AccessMode.aggregated:
+        from connectors.aggregate import aggregate
+
+        table, extra = aggregate(scan, params["dimensions"], params["measures"], threshold=params["threshold"])
+        return iter(table.to_batches()), _merge(stats, extra)
+    from connectors.synthetic import synthesise
+
+    batches, extra = synthesise(scan, [by_name[c] for c in columns], size=params["size"], seed=params["seed"])
+    return batches, _merge(stats, extra)
+
+
+def _merge(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    stats.update(extra)
+    return stats
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_view(directory: Path, view: Mapping[str, Any], batches: Iterator[pa.RecordBatch],
+               stats: dict[str, Any], source_id: str) -> dict[str, Any]:
+    """Stream batches into `directory/data.parquet`, then write the manifest; returns it."""
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    path = directory / DATA_FILE
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(path, batch.schema, compression="zstd")
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None or stats.get("rows_in", stats.get("records_in", 1)) == 0 and rows == 0:
+        raise ConnectorError(source_id, "empty", "the source has no rows")
+    schema = pq.read_schema(path)
+    manifest = {
+        "view": view["view"], "source": view["source"], "source_version": view["source_version"],
+        "grant": view["grant"], "project": view["project"], "mode": view["mode"], "parameters": view["parameters"],
+        "row_count": rows, "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "files": [{"path": DATA_FILE, "sha256": _sha256(path), "bytes": path.stat().st_size}],
+        "statistics": stats, "policy_decision_id": view["decision_id"], "created_at": iso(utcnow()),
+    }
+    (directory / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return manifest
+
+
+def views_root(home: Path) -> Path:
+    return home / "views"
+
+
+def read_manifest(home: Path, view_id: str) -> dict[str, Any] | None:
+    path = views_root(home) / view_id / MANIFEST
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def materialise_into(root: Path, view: Mapping[str, Any], build: Callable[[], tuple[Iterator[pa.RecordBatch], dict]],
+                     source_id: str, on_built: Callable[[dict[str, Any]], Any]) -> tuple[dict[str, Any], bool]:
+    """(manifest, created): reuse a complete view, or build one in a temporary directory and
+    rename it into place. `on_built` runs between the two (the audit event, durable before the
+    view exists). A failed build leaves no directory behind."""
+    final = root / view["view"]
+    if (final / MANIFEST).exists():
+        return orjson.loads((final / MANIFEST).read_bytes()), False
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{view['view']}-", dir=root))
+    try:
+        batches, stats = build()
+        manifest = write_view(staging, view, batches, stats, source_id)
+        on_built(manifest)
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, final)
+        except OSError:  # built concurrently by someone else: theirs is complete, keep it
+            shutil.rmtree(staging, ignore_errors=True)
+            return orjson.loads((final / MANIFEST).read_bytes()), False
+        return manifest, True
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def materialised_event(actor: str, manifest: Mapping[str, Any]) -> Event:
+    return Event(actor, "view.materialised", "view", manifest["view"], {
+        "source": manifest["source"], "source_version": manifest["source_version"], "mode": manifest["mode"],
+        "project": manifest["project"], "grant": manifest["grant"], "rows": manifest["row_count"],
+        "files": {f["path"]: f["sha256"] for f in manifest["files"]},
+    }, decision_id=manifest["policy_decision_id"])
+
+
+def failed_event(actor: str, view: Mapping[str, Any], error: ConnectorError | ApiError) -> Event:
+    """Only the code and the source: messages may quote data values, which the log never holds."""
+    code = getattr(error, "code", "error")
+    return Event(actor, "view.failed", "view", view["view"], {
+        "source": view["source"], "mode": view["mode"], "project": view["project"], "grant": view["grant"],
+        "error": code,
+    }, decision_id=view.get("decision_id"))
+
+
+def materialise(platform: Any, actor: str, request: ViewRequest) -> tuple[dict[str, Any], bool]:
+    """Plan, build and record a view of a registered source; (manifest, created)."""
+    from connectors.registry import open_connector
+    from controller import sources
+    from controller.home import master_secret
+
+    with platform.sessions() as session:
+        row = sources.get(session, request.source)
+        if row.status != sources.ACTIVE:
+            raise ApiError(409, "source_retired", f"source '{request.source}' is retired")
+        document, version = dict(row.document), row.version
+    spec = SourceSpec.model_validate(document)
+    view = plan(spec, request, source_version=version, document_sha256=sources.document_digest(document))
+    home = platform.settings.home
+    try:
+        connector = open_connector(spec, platform.settings)
+        return materialise_into(
+            views_root(home), view,
+            lambda: transform(spec, view, connector, master_secret(home)), spec.id,
+            on_built=lambda manifest: platform.audit.append(materialised_event(actor, manifest)),
+        )
+    except ConnectorError as exc:
+        platform.audit.append(failed_event(actor, view, exc))
+        raise

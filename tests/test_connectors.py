@@ -1,0 +1,273 @@
+"""The file, HTTP and PostgreSQL connectors against real files and real servers on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.model import SourceSpec
+from catalog.synthetic import build_demo_pupils
+from connectors.base import ConnectorError
+from connectors.registry import open_connector
+from conftest import ROOT, example, free_port
+from controller.config import load_settings
+
+OPENDATA = ROOT / "catalog" / "demo" / "opendata"
+OPEN = ["fr-en-ips-colleges-ap2022", "fr-en-annuaire-education", "fr-en-ecoles-effectifs-nb_classes", "fr-en-ips_ecoles"]
+
+
+def spec_with(name: str, connector: dict[str, Any], **changes: Any) -> SourceSpec:
+    return SourceSpec.model_validate(example(name) | {"connector": connector} | changes)
+
+
+def scan_all(spec: SourceSpec, settings: Any, columns: list[str] | None = None, batch_rows: int = 65536) -> pa.Table:
+    batches = list(open_connector(spec, settings).scan(columns, batch_rows=batch_rows))
+    return pa.Table.from_batches(batches)
+
+
+@pytest.fixture
+def settings(home: Path):
+    return load_settings(home, http_allow_private=True)
+
+
+# -- file ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", OPEN)
+def test_real_open_data_csvs_load_with_their_declared_types(name: str, settings) -> None:
+    spec = SourceSpec.model_validate(example(name))
+    table = scan_all(spec, settings)
+    assert table.num_rows == spec.number_of_records
+    assert table.schema.names == [c.name for c in spec.schema_]
+    for column in spec.schema_:
+        assert table.schema.field(column.name).type == {"string": pa.string(), "int64": pa.int64(),
+                                                        "float64": pa.float64(), "boolean": pa.bool_(),
+                                                        "date": pa.date32()}[column.type.value]
+
+
+def test_codes_keep_their_leading_zeros_and_the_bom_is_gone(settings) -> None:
+    spec = SourceSpec.model_validate(example("fr-en-ips-colleges-ap2022"))
+    table = scan_all(spec, settings, ["Rentrée scolaire", "Code du département", "UAI", "IPS"])
+    assert table.column("Code du département")[0].as_py() == "001"
+    assert table.column("UAI")[0].as_py() == "0010005A"
+    assert table.column("IPS")[0].as_py() == pytest.approx(110.4)
+    assert table.schema.names[0] == "Rentrée scolaire"
+
+
+def test_scan_is_streamed_in_bounded_batches(settings) -> None:
+    spec = SourceSpec.model_validate(example("fr-en-ips_ecoles"))
+    sizes = [b.num_rows for b in open_connector(spec, settings).scan(["UAI", "IPS"], batch_rows=1000)]
+    assert max(sizes) <= 1000 and sum(sizes) == 32091
+
+
+def test_file_errors_name_the_source_and_the_problem(tmp_path: Path, home: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    settings = load_settings(home, file_roots={"t": root})
+    header = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes().split(b"\n", 1)[0]
+    (root / "bad.csv").write_bytes(header + b"\n2022-2023;LYON;001;AIN;X;C;01025;B;public;many;110.4;31.3\n")
+    (root / "short.csv").write_bytes(b"UAI;IPS\n0010005A;100\n")
+    (root / "empty.csv").write_bytes(b"")
+    (root / "escape.csv").symlink_to(OPENDATA / "fr-en-ips-colleges-ap2022.csv")
+    cases = {"missing.csv": "not_found", "bad.csv": "schema_mismatch", "short.csv": "schema_mismatch",
+             "empty.csv": "empty", "escape.csv": "invalid_location"}
+    for path, code in cases.items():
+        spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "file", "root": "t", "path": path, "format": "csv"})
+        with pytest.raises(ConnectorError) as caught:
+            list(open_connector(spec, settings).scan())
+        assert caught.value.code == code and caught.value.source == "fr-en-ips-colleges-ap2022", (path, caught.value)
+    with pytest.raises(ConnectorError) as caught:
+        list(open_connector(SourceSpec.model_validate(example("fr-en-ips-colleges-ap2022")), settings).scan(["nope"]))
+    assert caught.value.code == "unknown_column"
+    unknown_root = spec_with("fr-en-ips-colleges-ap2022", {"kind": "file", "root": "nowhere", "path": "x.csv"})
+    with pytest.raises(ConnectorError, match="no file root 'nowhere'"):
+        open_connector(unknown_root, settings)
+
+
+def test_parquet_files_probe_exactly(tmp_path: Path, home: Path) -> None:
+    path = build_demo_pupils(home / "warehouse", n=3000)
+    settings = load_settings(home)
+    spec = SourceSpec.model_validate(example("eleves-synthetiques"))
+    probe = open_connector(spec, settings).probe()
+    assert probe.rows == 3000 and probe.exact
+    table = scan_all(spec, settings, ["ine", "birth_date"])
+    assert table.num_rows == 3000 and table.schema.field("birth_date").type == pa.date32()
+    assert pq.ParquetFile(path).metadata.num_rows == 3000
+
+
+# -- http ----------------------------------------------------------------------------------
+class FileServer:
+    """Serves the vendored files under Opendatasoft-style export paths, on loopback."""
+
+    def __init__(self, files: dict[str, tuple[bytes, str]]) -> None:
+        self.hits: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.hits.append(self.path)
+                if self.path == "/private":
+                    self.send_error(401)
+                    return
+                if self.path not in files:
+                    self.send_error(404)
+                    return
+                body, kind = files[self.path]
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+EXPORTS = "/api/explore/v2.1/catalog/datasets/fr-en-ips-colleges-ap2022/exports"
+
+
+@pytest.fixture(scope="module")
+def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    import json
+
+    import pyarrow.csv as pacsv
+
+    csv = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes()
+    spec = SourceSpec.model_validate(example("fr-en-ips-colleges-ap2022"))
+    types = {c.name: pa.string() if c.type.value == "string" else None for c in spec.schema_}
+    table = pacsv.read_csv(OPENDATA / "fr-en-ips-colleges-ap2022.csv", parse_options=pacsv.ParseOptions(delimiter=";"),
+                           convert_options=pacsv.ConvertOptions(column_types={k: v for k, v in types.items() if v}))
+    parquet = tmp_path_factory.mktemp("http") / "ips.parquet"
+    pq.write_table(table, parquet, row_group_size=1000)
+    records = table.slice(0, 500).to_pylist()
+    server = FileServer({
+        f"{EXPORTS}/csv": (csv, "text/csv"),
+        f"{EXPORTS}/parquet": (parquet.read_bytes(), "application/octet-stream"),
+        f"{EXPORTS}/json": (json.dumps(records).encode(), "application/json"),
+        f"{EXPORTS}/jsonl": ("\n".join(json.dumps(r) for r in records).encode(), "application/jsonl"),
+        "/empty.csv": (b"", "text/csv"),
+    })
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("fmt,rows", [("csv", 6973), ("parquet", 6973), ("json", 500), ("jsonl", 500)])
+def test_http_reads_opendatasoft_exports(http_files: FileServer, settings, fmt: str, rows: int) -> None:
+    spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": f"{http_files.base}{EXPORTS}/{fmt}",
+                                                  "format": "json" if fmt == "jsonl" else fmt})
+    table = scan_all(spec, settings, ["Code du département", "UAI", "IPS"])
+    assert table.num_rows == rows
+    assert table.column("Code du département")[0].as_py() == "001"
+    assert table.schema.field("IPS").type == pa.float64()
+
+
+def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
+    def code(url: str, s: Any = settings) -> str:
+        spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": url, "format": "csv"})
+        with pytest.raises(ConnectorError) as caught:
+            list(open_connector(spec, s).scan())
+        return caught.value.code
+
+    assert code(f"{http_files.base}/nothing") == "not_found"
+    assert code(f"{http_files.base}/private") == "unauthorised"
+    assert code(f"{http_files.base}/empty.csv") == "empty"
+    assert code(f"http://127.0.0.1:{free_port()}/x.csv") == "unreachable"
+    # A catalog entry must not make the controller fetch internal addresses unless the site says so.
+    strict = load_settings(home, http_allow_private=False)
+    hits = len(http_files.hits)
+    assert code(f"{http_files.base}{EXPORTS}/csv", strict) == "invalid_location"
+    assert code("http://169.254.169.254/latest/meta-data", strict) == "invalid_location"
+    assert len(http_files.hits) == hits  # refused before any request
+
+
+# -- postgresql -----------------------------------------------------------------------------
+@pytest.fixture
+def warehouse_db(pg_server: str, home: Path) -> Iterator[tuple[str, Any]]:
+    import uuid
+
+    name = "w_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute("DO $$ BEGIN CREATE ROLE nologin_role NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    url = f"{pg_server}/{name}"
+    pupils = pq.read_table(build_demo_pupils(home / "warehouse", n=2500))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA scolarite")
+        conn.execute("""CREATE TABLE scolarite.eleves (ine text, birth_date date, sex text, uai text, commune text,
+            level text, school_year text, social_category text, scholarship bool, disability_plan bool,
+            absences_half_days int, grade_french numeric(4,1), grade_maths double precision)""")
+        with conn.cursor().copy("COPY scolarite.eleves FROM STDIN") as copy:
+            for row in pupils.to_pylist():
+                copy.write_row(list(row.values()))
+        conn.execute("ANALYZE scolarite.eleves")
+        conn.execute("CREATE SEQUENCE scolarite.counter")
+    settings = load_settings(home, databases={"rectorat": url, "ghost": f"{pg_server}/no_such_db",
+                                              "closed": f"postgresql://nologin_role@{pg_server.split('@')[1]}/{name}"})
+    try:
+        yield url, settings
+    finally:
+        with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_spec(**location: Any) -> SourceSpec:
+    return spec_with("eleves-synthetiques", {"kind": "postgresql", "database": "rectorat", **location})
+
+
+def test_postgresql_table_and_query_are_streamed_with_declared_types(warehouse_db) -> None:
+    _, settings = warehouse_db
+    table_spec = pg_spec(table="scolarite.eleves")
+    probe = open_connector(table_spec, settings).probe()
+    assert probe.rows == 2500
+    batches = list(open_connector(table_spec, settings).scan(["ine", "birth_date", "grade_french"], batch_rows=700))
+    assert [b.num_rows for b in batches] == [700, 700, 700, 400]
+    table = pa.Table.from_batches(batches)
+    assert table.schema.field("birth_date").type == pa.date32() and table.schema.field("grade_french").type == pa.float64()
+    query_spec = pg_spec(query="SELECT * FROM scolarite.eleves WHERE level = 'CP'")
+    cp = pa.Table.from_batches(list(open_connector(query_spec, settings).scan(["ine", "level"])))
+    assert cp.num_rows > 0 and set(cp.column("level").to_pylist()) == {"CP"}
+
+
+def test_postgresql_errors(warehouse_db) -> None:
+    _, settings = warehouse_db
+
+    def code(spec: SourceSpec, columns: list[str] | None = None) -> str:
+        with pytest.raises(ConnectorError) as caught:
+            list(open_connector(spec, settings).scan(columns))
+        return caught.value.code
+
+    assert code(pg_spec(table="scolarite.absent")) == "not_found"
+    assert code(pg_spec(table="scolarite.eleves", database="ghost")) == "not_found"
+    assert code(pg_spec(table="scolarite.eleves", database="closed")) == "unauthorised"
+    writing = pg_spec(query="WITH gone AS (DELETE FROM scolarite.eleves RETURNING *) SELECT * FROM gone")
+    assert code(writing) == "invalid_location"
+    side_effect = pg_spec(query="SELECT e.*, nextval('scolarite.counter') AS n FROM scolarite.eleves e")
+    with pytest.raises(ConnectorError, match="tries to write"):  # the session is read-only
+        list(open_connector(side_effect, settings).scan(["ine"]))
+    assert code(pg_spec(table="scolarite.eleves"), ["nope"]) == "unknown_column"
+    renamed = pg_spec(query="SELECT ine AS other_name FROM scolarite.eleves")
+    assert code(renamed, ["ine"]) == "schema_mismatch"
+    wrong_type = pg_spec(query="SELECT sex AS birth_date, ine FROM scolarite.eleves")
+    assert code(wrong_type, ["birth_date"]) == "schema_mismatch"
+    url, _ = warehouse_db
+    with psycopg.connect(url) as conn:  # the failed write attempt changed nothing
+        assert conn.execute("SELECT count(*) FROM scolarite.eleves").fetchone()[0] == 2500
+    unreachable = load_settings(settings.home, databases={"rectorat": f"postgresql://postgres@127.0.0.1:{free_port()}/x"})
+    with pytest.raises(ConnectorError) as caught:
+        list(open_connector(pg_spec(table="scolarite.eleves"), unreachable).scan())
+    assert caught.value.code == "unreachable"
