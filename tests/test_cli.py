@@ -88,11 +88,33 @@ def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> N
     whoami = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {tokens['david']}"}).json()
     assert whoami["roles"] == ["auditor"]
 
+    # The demo sources live in the embedded SeaweedFS and are read over S3.
+    alice = {"Authorization": f"Bearer {tokens['alice']}"}
+    pupils = httpx.get(f"{url}/api/v1/sources/eleves-synthetiques", headers=alice).json()
+    assert pupils["spec"]["connector"]["kind"] == "s3"
+    probe = httpx.get(f"{url}/api/v1/sources/eleves-synthetiques/probe", headers=alice, timeout=30).json()
+    assert probe["rows"] == 300 and probe["missing"] == []
+    assert "warehouse: SeaweedFS S3 at http://127.0.0.1:" in demo_site["banner"]
+
     demo_site["proc"].send_signal(signal.SIGTERM)
     assert demo_site["proc"].wait(30) == 0
+    assert not _weed_processes(home), "the warehouse outlived the platform"
     verified = runner.invoke(app, ["audit", "verify", "--home", str(home)])
     assert verified.exit_code == 0, verified.output
     assert "0 newer event(s)" in verified.output  # the stop signed a final checkpoint
+
+
+def _weed_processes(home: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "weed" in cmdline and str(home) in cmdline:
+                found.append(int(entry.name))
+    return found
 
 
 def test_demo_seeding_is_idempotent_and_tokens_are_stable(tmp_path: Path) -> None:
