@@ -39,13 +39,14 @@ Decisions:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-Scan = Callable[[], Iterator[pa.RecordBatch]]
+from connectors.base import Scan
+
 """Returns a fresh iterator over the source each time it is called."""
 
 MAX_DIMENSIONS = 3

@@ -8,7 +8,7 @@ consume batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +26,11 @@ ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     ColumnType.date: pa.date32(),
     ColumnType.timestamp: pa.timestamp("us"),
 }
+
+
+# A source that can be read again from the start: transforms needing several passes (class
+# counts, then output) call it once per pass instead of holding the data.
+Scan = Callable[[], Iterator[pa.RecordBatch]]
 
 
 class ConnectorError(Exception):

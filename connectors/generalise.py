@@ -37,7 +37,7 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +47,8 @@ import pyarrow.compute as pc
 
 from catalog.model import Column, GeneralisationHint
 from catalog.vocab import ColumnRole, ColumnType, Generalisation
-from connectors.base import ARROW_TYPES
+from connectors.base import ARROW_TYPES, Scan
 
-Scan = Callable[[], Iterator[pa.RecordBatch]]
 """Returns a fresh iterator over the source each time it is called (one call per pass)."""
 
 OTHER = "other"

@@ -35,7 +35,7 @@ the source is split into batches (reservoir keys come from one random stream, in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,8 @@ from scipy.stats import norm
 
 from catalog.model import Column
 from catalog.vocab import ColumnRole, ColumnType
-from connectors.base import ARROW_TYPES, BATCH_ROWS
+from connectors.base import ARROW_TYPES, BATCH_ROWS, Scan
 
-Scan = Callable[[], Iterator[pa.RecordBatch]]
 """Returns a fresh iterator over the source each time it is called."""
 
 RARE = 5

@@ -125,8 +125,6 @@ def plan(spec: SourceSpec, request: ViewRequest, *, source_version: int, documen
     return {**content, "view": hashlib.sha256(canonical(content)).hexdigest()[:32], "decision_id": request.decision_id}
 
 
-Scan = Callable[[], Iterator[pa.RecordBatch]]
-
 
 def _counted(batches: Iterator[pa.RecordBatch], counter: dict[str, int]) -> Iterator[pa.RecordBatch]:
     for batch in batches:

@@ -147,3 +147,18 @@ def example(name: str) -> dict:
 
     data = yaml.safe_load((ROOT / "catalog" / "examples" / f"{name}.yaml").read_text(encoding="utf-8"))
     return json.loads(json.dumps(data, default=str))
+
+
+def scan_of(table, sizes=1000):
+    """A re-scannable source cut into batches of the given sizes (cycled), for the transforms:
+    their results must not depend on how the source is cut."""
+
+    def scan():
+        pattern = [sizes] if isinstance(sizes, int) else sizes
+        start, i = 0, 0
+        while start < table.num_rows:
+            size = max(1, pattern[i % len(pattern)])
+            yield from table.slice(start, size).combine_chunks().to_batches()
+            start, i = start + size, i + 1
+
+    return scan

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -13,20 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import scan_of
 from catalog.synthetic import ANNUAIRE_CSV, IPS_CSVS, generate_pupils, load_schools
-from connectors.aggregate import MAX_DIMENSIONS, TOTAL, Scan, aggregate
+from connectors.aggregate import MAX_DIMENSIONS, TOTAL, aggregate
 
 
-def scan_of(table: pa.Table, sizes: list[int] | int = 1000) -> Scan:
-    def scan() -> Iterator[pa.RecordBatch]:
-        pattern = [sizes] if isinstance(sizes, int) else sizes
-        start, i = 0, 0
-        while start < table.num_rows:
-            size = max(1, pattern[i % len(pattern)])
-            yield from table.slice(start, size).combine_chunks().to_batches()
-            start, i = start + size, i + 1
-
-    return scan
 
 
 def rows_of(table: pa.Table, dims: list[str]) -> dict[tuple[Any, ...], dict[str, Any]]:

@@ -10,6 +10,7 @@ import pyarrow.csv as pacsv
 import pytest
 import yaml
 
+from connectors.base import ARROW_TYPES
 from catalog.model import SourceSpec
 from catalog.synthetic import ANNUAIRE_CSV, OPENDATA_DIR, generate_pupils, load_schools
 from catalog.vocab import AccessMode, AccessRights, ColumnRole, ColumnType, Purpose, Sensitivity
@@ -23,14 +24,6 @@ OPEN_IDS = {
     "fr-en-ips_ecoles",
 }
 PUPILS_ID = "eleves-synthetiques"
-ARROW_TYPES = {
-    ColumnType.string: pa.string(),
-    ColumnType.int64: pa.int64(),
-    ColumnType.float64: pa.float64(),
-    ColumnType.boolean: pa.bool_(),
-    ColumnType.date: pa.date32(),
-    ColumnType.timestamp: pa.timestamp("us"),
-}
 
 
 def _load(path: Path) -> SourceSpec:

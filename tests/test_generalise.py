@@ -14,25 +14,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import scan_of
+from connectors.base import Scan
 from catalog.model import Column, SourceSpec
 from catalog.synthetic import ANNUAIRE_CSV, IPS_CSVS, generate_pupils, load_schools
-from connectors.generalise import Scan, generalise, generalised_schema
+from connectors.generalise import generalise, generalised_schema
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "catalog" / "examples" / "eleves-synthetiques.yaml"
 
 
-def scan_of(table: pa.Table, sizes: list[int] | int = 1000) -> Scan:
-    """A re-scannable source cut into batches of the given sizes (cycled)."""
-
-    def scan() -> Iterator[pa.RecordBatch]:
-        pattern = [sizes] if isinstance(sizes, int) else sizes
-        start, i = 0, 0
-        while start < table.num_rows:
-            size = max(1, pattern[i % len(pattern)])
-            yield from table.slice(start, size).combine_chunks().to_batches() or []
-            start, i = start + size, i + 1
-
-    return scan
 
 
 def run(scan: Scan, columns: list[Column], *, k: int, keep: list[str]) -> tuple[pa.Table, dict[str, Any]]:

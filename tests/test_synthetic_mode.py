@@ -18,25 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare, poisson
 
+from conftest import scan_of
+from connectors.base import Scan
 from catalog.model import Column, SourceSpec
 from catalog.synthetic import ANNUAIRE_CSV, IPS_CSVS, School, generate_pupils, load_schools
-from connectors.synthetic import ID_PREFIX, OTHER, RARE, Scan, reservoir_sample, synthesise
+from connectors.synthetic import ID_PREFIX, OTHER, RARE, reservoir_sample, synthesise
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "catalog" / "examples" / "eleves-synthetiques.yaml"
 N = 20_000
 QIS = ["birth_date", "sex", "uai", "commune"]
 
 
-def scan_of(table: pa.Table, sizes: list[int] | int = 4096) -> Scan:
-    def scan() -> Iterator[pa.RecordBatch]:
-        pattern = [sizes] if isinstance(sizes, int) else sizes
-        start, i = 0, 0
-        while start < table.num_rows:
-            size = max(1, pattern[i % len(pattern)])
-            yield from table.slice(start, size).combine_chunks().to_batches()
-            start, i = start + size, i + 1
-
-    return scan
 
 
 def run(scan: Scan, columns: list[Column], **kwargs: Any) -> tuple[pa.Table, dict[str, Any]]:
