@@ -27,8 +27,10 @@ source_app = typer.Typer(help="Catalog sources, through the API", no_args_is_hel
 catalog_app = typer.Typer(help="The catalog as a whole, through the API", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log", no_args_is_help=True)
 view_app = typer.Typer(help="Views of sources (local administration)", no_args_is_help=True)
+policy_app = typer.Typer(help="The Rego policies", no_args_is_help=True)
+project_app = typer.Typer(help="Projects, through the API", no_args_is_help=True)
 for sub, name in ((user_app, "user"), (org_app, "org"), (source_app, "source"), (catalog_app, "catalog"),
-                  (audit_app, "audit"), (view_app, "view")):
+                  (audit_app, "audit"), (view_app, "view"), (policy_app, "policy"), (project_app, "project")):
     app.add_typer(sub, name=name)
 
 console = Console(soft_wrap=True)
@@ -381,6 +383,78 @@ def view_build(
             raise typer.Exit(1) from None
     print(json.dumps(manifest, indent=2, ensure_ascii=False))
     err.print(("built " if created else "already built: ") + str(platform.settings.home / "views" / manifest["view"]))
+
+
+PolicyDirOpt = Annotated[Optional[Path], typer.Option("--dir", help="Policy directory; the project's policies/ by default")]
+
+
+@policy_app.command("test")
+def policy_test(directory: PolicyDirOpt = None) -> None:
+    """Run every test_* rule of the *_test.rego files with the embedded engine (like `opa test`)."""
+    from controller.policy import POLICY_DIR, PolicyLoadError, run_tests
+
+    try:
+        report = run_tests(directory or POLICY_DIR)
+    except (PolicyLoadError, Exception) as exc:  # a syntax error is reported, not a traceback
+        fail(f"policies do not load: {exc}")
+        raise typer.Exit(2) from None
+    for name in report.failed:
+        fail(f"FAIL {name}")
+    console.print(f"{len(report.passed)} passed, {len(report.failed)} failed")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@policy_app.command("eval")
+def policy_eval(
+    input_file: Annotated[Path, typer.Option("--input", help="JSON input document")],
+    package: Annotated[str, typer.Option("--package", help="access, bubble or export")] = "access",
+    directory: PolicyDirOpt = None,
+) -> None:
+    """Evaluate one decision with the embedded engine and print it."""
+    from controller.policy import POLICY_DIR, EmbeddedEngine, PolicyLoadError
+
+    try:
+        document = json.loads(input_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {input_file}: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        engine = EmbeddedEngine(directory or POLICY_DIR, poll_seconds=0)
+    except PolicyLoadError as exc:
+        fail(f"policies do not load: {exc}")
+        raise typer.Exit(2) from None
+    decision = engine.decide(package, document)
+    print(json.dumps({"decision_id": decision.id, "revision": decision.revision, "input_sha256": decision.input_sha256,
+                      "result": decision.result, "error": decision.error}, indent=2, ensure_ascii=False))
+    raise typer.Exit(1 if decision.error else 0)
+
+
+@project_app.command("create")
+def project_create(file: Path, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """Create a project from a YAML or JSON file (id, title, purpose, legal_basis, dpia_reference,
+    start_date, end_date, members)."""
+    import yaml
+
+    try:
+        body = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        fail(f"cannot read {file}: {exc}")
+        raise typer.Exit(2) from None
+    with _api(url, token) as client:
+        created = _check(client.post("/api/v1/projects", content=json.dumps(body, default=str),
+                                     headers={"Content-Type": "application/json"}))
+    console.print(f"project {created['id']} created, ends {created['end_date']}")
+
+
+@project_app.command("list")
+def project_list(url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """The caller's projects."""
+    with _api(url, token) as client:
+        found = _check(client.get("/api/v1/projects"))
+    table = Table("id", "title", "purpose", "end", "members")
+    for p in found:
+        table.add_row(p["id"], p["title"], p["purpose"], p["end_date"], ", ".join(m["username"] for m in p["members"]))
+    console.print(table)
 
 
 if __name__ == "__main__":

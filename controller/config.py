@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     s3: dict[str, S3Credentials] = Field({}, description="Credential sets for S3 warehouses")
     databases: dict[str, str] = Field({}, description="PostgreSQL warehouses: name -> connection URL")
     http_allow_private: bool = Field(False, description="Let http sources reach loopback/private addresses")
+    policy_engine: Literal["embedded", "opa"] = Field("embedded", description="regopy in process, or an OPA server")
+    opa_url: str = Field("http://127.0.0.1:8181", description="OPA server, for policy_engine=opa")
+    policy_dir: Path = Field(Path(__file__).resolve().parents[1] / "policies", description="Rego files and data/")
+    policy_poll_seconds: float = Field(2.0, ge=0, description="How often policy files are checked for changes")
     warehouse: Literal["seaweedfs", "none"] = Field("seaweedfs", description="Embedded S3 warehouse of the demo")
 
     @classmethod

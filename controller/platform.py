@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from controller.audit.log import AuditLog
+from controller.audit.log import AuditLog, Event
 from controller.auth import Authenticator, make_authenticator
 from controller.config import Settings
 from controller.home import SIGNING_KEY, load_signing_key
 from controller.metrics import Metrics
+from controller.policy import Decision, EmbeddedEngine, Engine, OpaEngine
 from controller.store import make_engine, make_sessionmaker, migrate
 
 
@@ -28,13 +29,41 @@ class Platform:
             on_batch=self.metrics.audit_batch,
         )
         self.authenticate = authenticator or make_authenticator(settings, self.sessions)
+        self.policy: Engine | None = None
+        self._logged_revision: str | None = None
+
+    def _policy_event(self, action: str, details: dict) -> None:
+        """Policy (re)loads are part of the record: which rules decided what, from when."""
+        subject = details.get("revision") or details.get("revision_refused") or ""
+        self.audit.append(Event("system:policy", action, "policy", subject, details), timeout=30)
+        if action == "policy.loaded":
+            self._logged_revision = details["revision"]
+
+    def decide(self, package: str, document: dict) -> Decision:
+        """A policy decision; the revision in force is in the log before the first decision it makes."""
+        if self.policy is None:
+            raise RuntimeError("the platform is not started")
+        if self.policy.revision != self._logged_revision:
+            self._policy_event("policy.loaded", {"revision": self.policy.revision, "previous": self._logged_revision})
+        return self.policy.decide(package, document)
 
     def start(self) -> "Platform":
         self.audit.start()
-        self.metrics.audit_size.set_function(lambda: self.audit.size)
+        settings = self.settings
+        options = {"on_event": self._policy_event, "poll_seconds": settings.policy_poll_seconds}
+        try:
+            if settings.policy_engine == "opa":
+                self.policy = OpaEngine(settings.opa_url, settings.policy_dir, **options)
+            else:
+                self.policy = EmbeddedEngine(settings.policy_dir, **options)
+        except Exception:
+            self.audit.close()
+            raise
         return self
 
     def close(self) -> None:
+        if self.policy is not None:
+            self.policy.close()
         self.audit.close()
         self.engine.dispose()
 

@@ -119,6 +119,95 @@ class Checkpoint(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
 
 
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    purpose: Mapped[str] = mapped_column(String(64))
+    legal_basis: Mapped[str | None] = mapped_column(String(64))
+    dpia_reference: Mapped[str | None] = mapped_column(String(200))
+    start_date: Mapped[str] = mapped_column(String(10))
+    end_date: Mapped[str] = mapped_column(String(10))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class DecisionRecord(Base):
+    """Every policy decision, with the hash of its input (the input itself in DecisionInput)."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    package: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[str] = mapped_column(String(64))
+    input_sha256: Mapped[str] = mapped_column(ForeignKey("decision_inputs.sha256"))
+    result: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class DecisionInput(Base):
+    __tablename__ = "decision_inputs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document: Mapped[dict[str, Any]]
+
+
+class AccessRequest(Base):
+    __tablename__ = "access_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id"), index=True)
+    publisher: Mapped[str] = mapped_column(String(64), index=True)
+    requester: Mapped[str] = mapped_column(String(64))
+    columns: Mapped[list[str]]
+    justification: Mapped[str] = mapped_column(Text)
+    requested_mode: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"))
+    mode: Mapped[str | None] = mapped_column(String(16))
+    parameters: Mapped[dict[str, Any]]
+    expiry: Mapped[str | None] = mapped_column(String(10))
+    reasons: Mapped[list[str]]
+    reviewers: Mapped[list[str]]
+    reviews: Mapped[list[str]] = mapped_column(JSON, doc="[{reviewer, organisation, verdict, comment, at}]")
+    created_at: Mapped[str] = mapped_column(String(32))
+    decided_at: Mapped[str | None] = mapped_column(String(32))
+
+
+class Grant(Base):
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id"), index=True)
+    publisher: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    columns: Mapped[list[str]]
+    parameters: Mapped[dict[str, Any]]
+    expiry: Mapped[str] = mapped_column(String(10))
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[str] = mapped_column(String(32))
+    revoked_at: Mapped[str | None] = mapped_column(String(32))
+    revoked_by: Mapped[str | None] = mapped_column(String(64))
+    revoke_reason: Mapped[str | None] = mapped_column(Text)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the single writer; FULL makes each commit survive power loss.
     # isolation_level=None hands transaction control to SQLAlchemy so SAVEPOINTs work.

@@ -61,6 +61,17 @@ class ViewRequest:
     decision_id: str | None = None
 
 
+def request_for_grant(grant: Any, parameters: Mapping[str, Any]) -> ViewRequest:
+    """The view a grant allows. The caller chooses only what the mode leaves open (dimensions
+    and measures of an aggregate, size and seed of a synthetic sample); k and the threshold are
+    the policy's, and cannot be lowered."""
+    mode = AccessMode(grant.mode)
+    chosen = {k: v for k, v in parameters.items() if k not in ("k", "threshold")}
+    fixed = {k: grant.parameters[k] for k in ("k", "threshold") if k in grant.parameters and k in ALLOWED_PARAMETERS[mode]}
+    return ViewRequest(source=grant.source_id, mode=mode, project=grant.project_id, columns=list(grant.columns),
+                       parameters={**chosen, **fixed}, grant=grant.id, decision_id=grant.decision_id)
+
+
 def _bad(field_name: str, message: str) -> ApiError:
     return ApiError(422, "validation_error", f"{field_name}: {message}", field=field_name)
 

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.model import SourceSpec
 from controller import errors
-from controller.api import accounts, audit, sources, system, views
+from controller.api import accounts, audit, projects, sources, system, views
 from controller.metrics import MetricsMiddleware
 from controller.platform import Platform
 
@@ -72,7 +72,7 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     errors.install(app)
-    for module in (system, accounts, sources, views, audit):
+    for module in (system, accounts, sources, projects, views, audit):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=platform.metrics)
     app.add_middleware(BodyLimit, limit=platform.settings.max_body_bytes)

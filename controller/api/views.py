@@ -1,8 +1,5 @@
-"""Views for the controller: materialise a source in an access mode for a project.
-
-Until grants exist (policies issue), only admins may build views: a view of personal data must
-come from a decision, and the only decision-maker today is the operator.
-"""
+"""Views: a grant materialised for its project's members; admins may also build views by hand
+(an operator's decision, recorded as such)."""
 
 from __future__ import annotations
 
@@ -11,36 +8,61 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from catalog.model import SourceSpec
 from catalog.vocab import AccessMode, Role
 from connectors.registry import open_connector
-from controller import sources, views
+from controller import access, projects, sources, views
 from controller.api.deps import platform, principal, require, session
 from controller.auth import Principal
-from controller.errors import forbidden, not_found
+from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
 
 router = APIRouter(prefix="/api/v1", tags=["views"])
 
 
 class ViewBody(BaseModel):
+    """Either a grant (members of its project; the grant fixes source, mode, columns, k and
+    threshold) or, for admins, everything spelt out."""
+
     model_config = ConfigDict(extra="forbid")
 
-    source: str
-    mode: AccessMode
-    project: str = Field(min_length=1, max_length=128)
+    grant: str | None = None
+    source: str | None = None
+    mode: AccessMode | None = None
+    project: str | None = Field(None, min_length=1, max_length=128)
     columns: list[str] | None = None
     parameters: dict[str, Any] = {}
-    grant: str | None = None
     decision_id: str | None = None
 
 
+def _request(body: ViewBody, caller: Principal, db: Session) -> views.ViewRequest:
+    if body.grant is not None:
+        extra = sorted(k for k in ("source", "mode", "project", "columns", "decision_id") if getattr(body, k) is not None)
+        if extra:
+            raise ApiError(422, "validation_error", f"{extra[0]}: fixed by the grant", field=extra[0])
+        grant = access.get_grant(db, caller, body.grant)
+        if not (caller.has(Role.admin) or projects.role_of(db, grant.project_id, caller.username)):
+            raise not_found("grant", body.grant)
+        state = access.grant_view(grant)["status"]
+        if state != access.ACTIVE:
+            raise ApiError(409, f"grant_{state}", f"grant '{body.grant}' is {state}")
+        return views.request_for_grant(grant, body.parameters)
+    if not caller.has(Role.admin):
+        raise forbidden("without a grant, only admins build views")
+    missing = [k for k in ("source", "mode", "project") if getattr(body, k) is None]
+    if missing:
+        raise ApiError(422, "validation_error", f"{missing[0]}: required without a grant", field=missing[0])
+    return views.ViewRequest(source=body.source, mode=body.mode, project=body.project, columns=body.columns,
+                             parameters=body.parameters, decision_id=body.decision_id)
+
+
 @router.post("/views", summary="Materialise a view (201 when built, 200 when it already existed)")
-async def build_view(body: ViewBody, caller: Principal = Depends(require(Role.admin)),
+async def build_view(body: ViewBody, caller: Principal = Depends(principal), db: Session = Depends(session),
                      site: Platform = Depends(platform)) -> JSONResponse:
-    request = views.ViewRequest(**body.model_dump())
+    request = _request(body, caller, db)
     manifest, created = await run_in_threadpool(views.materialise, site, caller.actor, request)
     return JSONResponse(manifest, status_code=201 if created else 200)
 
