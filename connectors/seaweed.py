@@ -45,6 +45,7 @@ STOP_TIMEOUT = 15.0
 # A Unix socket path must fit in sun_path (108 bytes on Linux, with room for the file name).
 _MAX_SOCKET_DIR = 80
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
+HEALTH_BUCKET = "bulles-health"  # holds one object written at each start to prove readiness
 _LOG_MARK = "==== bulles: starting weed mini"
 _PORT_TAKEN = ("Port allocation failed", "address already in use")
 
@@ -355,12 +356,32 @@ class SeaweedFS:
                                    f"end of {self.log_path}:\n{tail}")
             try:
                 client.list_buckets()
+                self._round_trip(client)
                 return
             except Exception as exc:  # connection refused, 503 while the filer connects, ...
                 last = exc
             time.sleep(0.05)
-        raise SeaweedError(f"SeaweedFS S3 endpoint {self.endpoint} did not answer within {self.start_timeout:.0f} s "
+        raise SeaweedError(f"SeaweedFS S3 endpoint {self.endpoint} was not ready within {self.start_timeout:.0f} s "
                            f"(last error: {last}); end of {self.log_path}:\n{self.log_tail()}")
+
+    @staticmethod
+    def _round_trip(client: Minio) -> None:
+        """Write and read back a small object. After a restart the gateway answers before the
+        volume server has registered its volumes with the master, and reads of existing objects
+        fail with an internal error until it has: a write that can be read back proves it did."""
+        import io
+
+        if not client.bucket_exists(HEALTH_BUCKET):
+            client.make_bucket(HEALTH_BUCKET)
+        payload = str(time.time_ns()).encode()
+        client.put_object(HEALTH_BUCKET, "ready", io.BytesIO(payload), len(payload))
+        response = client.get_object(HEALTH_BUCKET, "ready")
+        try:
+            if response.read() != payload:
+                raise SeaweedError("the readiness object did not read back")
+        finally:
+            response.close()
+            response.release_conn()
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines the current (or last) run wrote; earlier runs share the file."""
