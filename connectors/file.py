@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, sniff_delimiter
+from connectors.formats import batches_for, csv_probe
 from connectors.location import FileLocation
 
 
@@ -45,11 +45,7 @@ class FileConnector:
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", "the file is empty")
         if self.location.format == "csv":
-            delimiter = sniff_delimiter(head)
-            lines = head.count(b"\n")
-            estimate = int(size / max(len(head), 1) * lines) - 1 if lines else None
-            names = head.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r").decode().split(delimiter)
-            return Probe(pa.schema([pa.field(n, pa.string()) for n in names]), estimate)
+            return csv_probe(head, size)
         return Probe(self.declared, None)
 
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:

@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from connectors.base import ConnectorError
+from connectors.base import ConnectorError, Probe
 
 _DELIMITERS = (";", ",", "\t", "|")
 _SNIFF_BYTES = 64 * 1024
@@ -73,6 +73,23 @@ def sniff_delimiter(head: bytes) -> str:
 def _header(head: bytes, delimiter: str) -> list[str]:
     line = head.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
     return [c.strip().strip('"') for c in line.split(delimiter)]
+
+
+def csv_probe(head: bytes, total_bytes: int | None, files: int = 1) -> Probe:
+    """The header of the first file (every column a string, as nothing is parsed yet) and the
+    rows estimated from the bytes per line of its first bytes; exact when `head` is all of it."""
+    names = _header(head, sniff_delimiter(head))
+    schema = pa.schema([pa.field(n, pa.string()) for n in names])
+    _, _, body = head.lstrip(b"\xef\xbb\xbf").partition(b"\n")
+    if total_bytes is None:
+        return Probe(schema, None)
+    if len(head) >= total_bytes and files == 1:
+        return Probe(schema, sum(1 for line in body.splitlines() if line.strip()), exact=True)
+    lines = body.count(b"\n")
+    if not lines:
+        return Probe(schema, None)
+    header_bytes = (len(head) - len(body)) * files
+    return Probe(schema, max(0, round((total_bytes - header_bytes) / (len(body) / lines))))
 
 
 def _mismatch(source: str, exc: Exception) -> ConnectorError:

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for
+from connectors.formats import batches_for, csv_probe
 from connectors.location import HttpLocation
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -94,9 +94,7 @@ class HttpConnector:
             raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", "the response is empty")
-        estimate = None
-        if length and self.location.format == "csv" and head.count(b"\n"):
-            estimate = int(int(length) / len(head) * head.count(b"\n")) - 1
+        estimate = csv_probe(head, int(length)).rows if length and self.location.format == "csv" else None
         return Probe(self.declared, estimate)
 
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:

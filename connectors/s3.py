@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, sniff_delimiter
+from connectors.formats import batches_for, csv_probe
 from connectors.location import S3Location
 from controller.config import S3Credentials
 
@@ -191,19 +191,7 @@ class S3Connector:
         """Header of the first object; rows estimated from its first 64 KiB's bytes per line."""
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", f"{objects[0].path}: the object holds only blank space")
-        delimiter = sniff_delimiter(head)
-        first, _, body = head.lstrip(b"\xef\xbb\xbf").partition(b"\n")
-        names = [c.strip().strip('"') for c in first.rstrip(b"\r").decode("utf-8", errors="replace").split(delimiter)]
-        schema = pa.schema([pa.field(n, pa.string()) for n in names])
-        total = sum(o.size for o in objects)
-        if len(head) >= total and len(objects) == 1:
-            return Probe(schema, sum(1 for line in body.splitlines() if line.strip()))
-        lines = body.count(b"\n")
-        if not lines:
-            return Probe(schema, None)
-        per_line = len(body) / lines
-        header_bytes = (len(head) - len(body)) * len(objects)
-        return Probe(schema, max(0, round((total - header_bytes) / per_line)))
+        return csv_probe(head, sum(o.size for o in objects), len(objects))
 
     # -- scan -----------------------------------------------------------------------------
 

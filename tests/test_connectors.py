@@ -60,6 +60,14 @@ def test_codes_keep_their_leading_zeros_and_the_bom_is_gone(settings) -> None:
     assert table.schema.names[0] == "Rentrée scolaire"
 
 
+@pytest.mark.parametrize("name", OPEN)
+def test_csv_probe_reads_the_header_and_estimates_rows_without_reading_the_file(name: str, settings) -> None:
+    spec = SourceSpec.model_validate(example(name))
+    probe = open_connector(spec, settings).probe()
+    assert probe.schema.names == [c.name for c in spec.schema_]
+    assert abs(probe.rows - spec.number_of_records) <= 0.1 * spec.number_of_records
+
+
 def test_scan_is_streamed_in_bounded_batches(settings) -> None:
     spec = SourceSpec.model_validate(example("fr-en-ips_ecoles"))
     sizes = [b.num_rows for b in open_connector(spec, settings).scan(["UAI", "IPS"], batch_rows=1000)]

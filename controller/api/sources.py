@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from catalog import dcat
 from catalog.dcat import Publisher
@@ -80,7 +81,7 @@ async def register_source(
     request: Request, caller: Principal = Depends(principal), site: Platform = Depends(platform)
 ) -> dict[str, Any]:
     spec = await read_spec(request)
-    return await _in_thread(sources.register, site, caller, spec)
+    return await run_in_threadpool(sources.register, site, caller, spec)
 
 
 @router.get("/sources", response_model=SourceList, summary="Search the catalog")
@@ -123,7 +124,7 @@ async def update_source(
             expected = int(if_match.strip('"W/ '))
         except ValueError:
             raise ApiError(400, "invalid_header", "If-Match: expected a version number", field="If-Match") from None
-    return await _in_thread(sources.update, site, caller, source_id, spec, expected)
+    return await run_in_threadpool(sources.update, site, caller, source_id, spec, expected)
 
 
 @router.post("/sources/{source_id}/retire", summary="Retire a source (kept, no longer offered)")
@@ -131,14 +132,8 @@ async def retire_source(
     source_id: str, body: Annotated[RetireBody, Body()], caller: Principal = Depends(principal),
     site: Platform = Depends(platform),
 ) -> dict[str, Any]:
-    return await _in_thread(sources.retire, site, caller, source_id, body.reason)
+    return await run_in_threadpool(sources.retire, site, caller, source_id, body.reason)
 
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    """Writes wait for the audit group commit: keep that wait off the event loop."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
 
 
 JSONLD = "application/ld+json"
