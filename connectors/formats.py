@@ -7,9 +7,10 @@ gives the same Arrow types, and a file that does not match its declaration fails
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -23,20 +24,23 @@ _DELIMITERS = (";", ",", "\t", "|")
 _SNIFF_BYTES = 64 * 1024
 
 
-class _Prefixed:
-    """A stream with bytes already read put back in front (for streams that cannot seek)."""
+class ChunkReader:
+    """A read()-able, non-seekable stream over an iterator of byte chunks (an HTTP body, or
+    bytes already read put back in front of the rest of a stream)."""
 
-    def __init__(self, head: bytes, rest: Any) -> None:
-        self._head, self._rest, self._position, self.closed = head, rest, 0, False
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks, self._buffer, self._position, self.closed = iter(chunks), b"", 0, False
 
     def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
         if size < 0:
-            data = self._head + self._rest.read()
-            self._head = b""
+            data, self._buffer = self._buffer, b""
         else:
-            data, self._head = self._head[:size], self._head[size:]
-            if len(data) < size:
-                data += self._rest.read(size - len(data))
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
         self._position += len(data)
         return data
 
@@ -59,7 +63,8 @@ def peek(stream: Any, size: int = _SNIFF_BYTES) -> tuple[bytes, Any]:
     if stream.seekable():
         stream.seek(0)
         return head, stream
-    return head, pa.PythonFile(_Prefixed(head, stream), mode="r")
+    rest = iter(lambda: stream.read(1 << 20), b"")
+    return head, pa.PythonFile(ChunkReader(itertools.chain([head], rest)), mode="r")
 
 
 def sniff_delimiter(head: bytes) -> str:

@@ -21,38 +21,10 @@ import pyarrow as pa
 
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, csv_probe
+from connectors.formats import ChunkReader, batches_for, csv_probe
 from connectors.location import HttpLocation
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-
-
-class _ResponseReader:
-    """A read()-able view of a streamed response body, for pyarrow's stream readers."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._buffer, self.closed = chunks, b"", False
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            try:
-                self._buffer += next(self._chunks)
-            except StopIteration:
-                break
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class HttpConnector:
@@ -107,7 +79,7 @@ class HttpConnector:
                 if self.location.format == "parquet":
                     yield from self._parquet(response, chosen, batch_rows)
                     return
-                stream = _ResponseReader(response.iter_bytes(1 << 16))
+                stream = ChunkReader(response.iter_bytes(1 << 16))
                 yield from batches_for(self.location.format, stream, self.source_id, self.declared, chosen, batch_rows)
         except httpx.HTTPError as exc:
             raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
