@@ -75,10 +75,12 @@ def test_a_changed_file_is_a_new_revision_and_is_logged(policy_copy: Path) -> No
         with (policy_copy / "access.rego").open("a") as handle:
             handle.write("\n# a comment is a change too\n")
         deadline = time.monotonic() + 10
-        while engine.revision == before and time.monotonic() < deadline:
+        # the revision switches before the hook runs: wait for the event, not for the revision
+        while not events and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine.revision != before
         assert events[-1][0] == "policy.loaded" and events[-1][1]["previous"] == before
+        assert events[-1][1]["revision"] == engine.revision
     finally:
         engine.close()
 
