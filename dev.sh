@@ -24,6 +24,10 @@ apt_install() {
 system_packages() {
     local missing=()
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    # Bubbles run in bubblewrap sandboxes; their homes are ext4 images on loop devices.
+    command -v bwrap >/dev/null || missing+=(bubblewrap)
+    command -v setpriv >/dev/null && command -v prlimit >/dev/null || missing+=(util-linux)
+    command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     if [ "${1:-}" = test ]; then
         # The suite starts its own throw-away PostgreSQL 15 cluster (initdb/pg_ctl).
         ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql-15)
@@ -46,17 +50,37 @@ python_env() {
     fi
 }
 
+bubble_env() {
+    # The environment bubbles run (Jupyter, a kernel, pyarrow, pandas, `bulle`): separate from the
+    # controller's, mounted read-only in every bubble.
+    local stamp=.venv-bubble/.bulles-installed want
+    want=$(cat bubble_images/requirements.txt bubble_images/bulle/pyproject.toml bubble_images/bulle/src/bulle/*.py | sha256sum | cut -d' ' -f1)
+    if [ ! -x .venv-bubble/bin/python ]; then
+        say "creating .venv-bubble (the bubbles' environment)"
+        python3 -m venv .venv-bubble
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing the bubbles' Python packages"
+        .venv-bubble/bin/python -m pip install -q --upgrade pip
+        .venv-bubble/bin/python -m pip install -q -r bubble_images/requirements.txt
+        .venv-bubble/bin/python -m pip install -q --force-reinstall --no-deps ./bubble_images/bulle
+        echo "$want" > "$stamp"
+    fi
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     run)
         system_packages run
         python_env
+        bubble_env
         exec .venv/bin/bulles demo --home "${BULLES_HOME:-$here/.bulles}" "$@"
         ;;
     test)
         system_packages test
         python_env
+        bubble_env
         set +e
         .venv/bin/python -m pytest "$@"
         rc=$?

@@ -29,8 +29,10 @@ audit_app = typer.Typer(help="The audit log", no_args_is_help=True)
 view_app = typer.Typer(help="Views of sources (local administration)", no_args_is_help=True)
 policy_app = typer.Typer(help="The Rego policies", no_args_is_help=True)
 project_app = typer.Typer(help="Projects, through the API", no_args_is_help=True)
+bubble_app = typer.Typer(help="Bubbles, through the API", no_args_is_help=True)
 for sub, name in ((user_app, "user"), (org_app, "org"), (source_app, "source"), (catalog_app, "catalog"),
-                  (audit_app, "audit"), (view_app, "view"), (policy_app, "policy"), (project_app, "project")):
+                  (audit_app, "audit"), (view_app, "view"), (policy_app, "policy"), (project_app, "project"),
+                  (bubble_app, "bubble")):
     app.add_typer(sub, name=name)
 
 console = Console(soft_wrap=True)
@@ -130,7 +132,7 @@ def demo(
     serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve after seeding")] = True,
 ) -> None:
     """Initialise the site, seed the demo organisation, sources and users, and serve."""
-    from controller.demo import seed
+    from controller.demo import DEMO_LINK_HOURS, DEMO_PROJECT, demo_bubble, seed
     from controller.home import init_home
     from controller.platform import Platform
     from controller.warehouse import embedded_warehouse
@@ -152,6 +154,12 @@ def demo(
             lines.append(f"    {demo_user.username:<{width}}  {token}  {roles:<10}  {demo_user.journey}")
         if warehouse is not None:
             lines.append(f"  warehouse: SeaweedFS S3 at {warehouse.endpoint} (buckets opendata, eleves)")
+        bubble_id, link = demo_bubble(platform)
+        if bubble_id:
+            lines.append(f"  bubble:    {bubble_id} of project {DEMO_PROJECT} (bruno), JupyterLab through the gateway;")
+            lines.append(f"             open in a browser within {DEMO_LINK_HOURS} h: {link}")
+        else:
+            lines.append(f"  bubble:    none — {link}")
         lines.append(f"  verify the audit log: bulles audit verify --home {settings.home}")
         print("\n".join(lines), flush=True)
         if serve_api:
@@ -455,6 +463,53 @@ def project_list(url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") ->
     for p in found:
         table.add_row(p["id"], p["title"], p["purpose"], p["end_date"], ", ".join(m["username"] for m in p["members"]))
     console.print(table)
+
+
+@bubble_app.command("start")
+def bubble_start(project: str, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "",
+                 memory_mb: Annotated[Optional[int], typer.Option(min=1)] = None,
+                 lifetime_hours: Annotated[Optional[float], typer.Option(min=0.01)] = None) -> None:
+    """Start a bubble for a project and print the link that opens it in a browser."""
+    resources = {k: v for k, v in (("memory_mb", memory_mb), ("lifetime_hours", lifetime_hours)) if v is not None}
+    with _api(url, token) as client:
+        client.timeout = httpx.Timeout(300)
+        bubble = _check(client.post("/api/v1/bubbles", json={"project": project, "resources": resources}))
+        link = _check(client.post(f"/api/v1/bubbles/{bubble['id']}/sessions"))
+    profile = bubble["profile"]
+    console.print(f"bubble {bubble['id']} {bubble['state']}: network {profile['network']}, "
+                  f"{profile['memory_mb']} MB, until {bubble['expires_at']}; views: "
+                  f"{', '.join(v['name'] for v in bubble['views']) or 'none'}")
+    console.print(f"open in a browser within 2 minutes: {link['url']}")
+
+
+@bubble_app.command("list")
+def bubble_list(url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "",
+                project: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Bubbles of the caller's projects."""
+    with _api(url, token) as client:
+        found = _check(client.get("/api/v1/bubbles", params={"project": project} if project else None))
+    table = Table("id", "project", "state", "network", "expires", "views")
+    for b in found:
+        table.add_row(b["id"], b["project"], b["state"], b["profile"].get("network", ""), b["expires_at"] or "",
+                      ", ".join(v["name"] for v in b["views"]))
+    console.print(table)
+
+
+@bubble_app.command("stop")
+def bubble_stop(bubble_id: str, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """Stop a bubble's sandbox; its home is kept until it is deleted."""
+    with _api(url, token) as client:
+        stopped = _check(client.post(f"/api/v1/bubbles/{bubble_id}/stop"))
+    console.print(f"bubble {stopped['id']} {stopped['state']}")
+
+
+@bubble_app.command("delete")
+def bubble_delete(bubble_id: str, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """Stop a bubble and wipe everything it held (the audit log lists what was removed)."""
+    with _api(url, token) as client:
+        client.timeout = httpx.Timeout(120)
+        deleted = _check(client.delete(f"/api/v1/bubbles/{bubble_id}"))
+    console.print(f"bubble {deleted['id']} {deleted['state']}")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     policy_dir: Path = Field(Path(__file__).resolve().parents[1] / "policies", description="Rego files and data/")
     policy_poll_seconds: float = Field(2.0, ge=0, description="How often policy files are checked for changes")
     warehouse: Literal["seaweedfs", "none"] = Field("seaweedfs", description="Embedded S3 warehouse of the demo")
+    runtime: Literal["local", "none"] = Field("local", description="Where bubbles run: bubblewrap sandboxes, or nowhere")
+    bubble_env: Path = Field(Path(__file__).resolve().parents[1] / ".venv-bubble",
+                             description="The Python environment bubbles run (built from bubble_images/)")
+    bubbles_per_project: int = Field(1, ge=1, le=100, description="Bubbles a project may have provisioning or running")
+    bubble_start_timeout: float = Field(90.0, gt=0, description="Seconds a sandbox has to answer before it is failed")
+    reconcile_seconds: float = Field(30.0, ge=0, description="How often expiry and sandboxes are checked; 0: never")
 
     @classmethod
     def settings_customise_sources(

@@ -100,3 +100,44 @@ def seed(platform: Platform, pupils: int = 5000, warehouse: SeaweedFS | None = N
             data["number_of_records"] = pupils
         sources.register(platform, provider, SourceSpec.model_validate(data))
     return result
+
+
+DEMO_PROJECT = "demo-absenteisme"
+DEMO_LINK_HOURS = 8
+
+
+def demo_bubble(platform: Platform) -> tuple[str, str]:
+    """bruno's demo project with two grants (open data, granted at once; the synthetic pupils,
+    pseudonymised and approved by alice) and a running bubble: (bubble id, one-time link), or
+    ("", why) when bubbles cannot run here. Idempotent across restarts of the demo."""
+    import datetime as dt
+
+    from controller import access, gateway, projects
+    from controller.bubbles import LIVE, BubbleBody
+    from controller.store import Bubble, Project
+
+    if platform.bubbles is None:
+        return "", platform.bubbles_unavailable or "no runtime"
+    bruno = Principal("bruno", frozenset({Role.researcher}), "labo-demo")
+    alice = Principal("alice", frozenset({Role.provider}), PROVIDER_ORG)
+    today = dt.date.today()
+    with platform.sessions() as session:
+        exists = session.get(Project, DEMO_PROJECT) is not None
+    if not exists:
+        projects.create(platform, bruno, projects.ProjectSpec(
+            id=DEMO_PROJECT, title="Absentéisme et réussite au collège (démo)", purpose="research",
+            legal_basis="public_task", dpia_reference="AIPD-DEMO-1", start_date=today,
+            end_date=today + dt.timedelta(days=180)))
+        access.request_access(platform, bruno, DEMO_PROJECT, access.AccessRequestBody(
+            source="fr-en-ips-colleges-ap2022", justification="Contexte social des collèges"))
+        asked = access.request_access(platform, bruno, DEMO_PROJECT, access.AccessRequestBody(
+            source=PUPILS_SOURCE, columns=["ine", "sex", "level", "grade_maths", "absences_half_days"],
+            justification="Lien entre absences et résultats en mathématiques"))
+        if asked["status"] == access.PENDING:
+            access.review(platform, alice, asked["id"], access.ReviewBody(verdict="approve", comment="démo"))
+    with platform.sessions() as session:
+        live = session.scalars(select(Bubble.id).where(Bubble.project_id == DEMO_PROJECT,
+                                                       Bubble.state.in_(LIVE))).first()
+    bubble_id = live or platform.bubbles.create(bruno, BubbleBody(project=DEMO_PROJECT))["id"]
+    link = gateway.ticket_url(platform, "bruno", bubble_id, seconds=DEMO_LINK_HOURS * 3600)
+    return bubble_id, platform.settings.base_url + link

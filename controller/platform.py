@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from controller.audit.log import AuditLog, Event
 from controller.auth import Authenticator, make_authenticator
 from controller.config import Settings
@@ -9,6 +11,8 @@ from controller.home import SIGNING_KEY, load_signing_key
 from controller.metrics import Metrics
 from controller.policy import Decision, EmbeddedEngine, Engine, OpaEngine
 from controller.store import make_engine, make_sessionmaker, migrate
+
+log = logging.getLogger(__name__)
 
 
 class Platform:
@@ -30,6 +34,8 @@ class Platform:
         )
         self.authenticate = authenticator or make_authenticator(settings, self.sessions)
         self.policy: Engine | None = None
+        self.bubbles = None  # controller.bubbles.Bubbles once started, when a runtime can run here
+        self.bubbles_unavailable: str | None = None
         self._logged_revision: str | None = None
 
     def _policy_event(self, action: str, details: dict) -> None:
@@ -59,9 +65,30 @@ class Platform:
         except Exception:
             self.audit.close()
             raise
+        self._start_bubbles()
         return self
 
+    def _start_bubbles(self) -> None:
+        """Bubbles outlive the controller: at start, the reconciler adopts or cleans up theirs."""
+        from controller.bubbles import Bubbles
+        from controller.runtimes.base import RuntimeUnavailable
+        from controller.runtimes.local import LocalRuntime
+
+        if self.settings.runtime == "none":
+            self.bubbles_unavailable = "no bubble runtime is configured (runtime: none)"
+            return
+        try:
+            runtime = LocalRuntime(self.settings.home / "bubbles", self.settings.bubble_env)
+        except RuntimeUnavailable as exc:
+            self.bubbles_unavailable = str(exc)
+            log.warning("bubbles disabled: %s", exc)
+            return
+        self.bubbles = Bubbles(self, runtime)
+        self.bubbles.start(self.settings.reconcile_seconds)
+
     def close(self) -> None:
+        if self.bubbles is not None:
+            self.bubbles.close()  # the sandboxes keep running: the next start adopts them
         if self.policy is not None:
             self.policy.close()
         self.audit.close()

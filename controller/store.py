@@ -208,6 +208,26 @@ class Grant(Base):
     revoke_reason: Mapped[str | None] = mapped_column(Text)
 
 
+class Bubble(Base):
+    """A project's bubble: desired state here, the sandbox in a runtime (see controller.bubbles)."""
+
+    __tablename__ = "bubbles"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    runtime: Mapped[str] = mapped_column(String(16))
+    profile: Mapped[dict[str, Any]]
+    views: Mapped[list[str]] = mapped_column(JSON, doc="[{name, view, grant, source, mode}]")
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[str | None] = mapped_column(String(32))
+    ended_at: Mapped[str | None] = mapped_column(String(32))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the single writer; FULL makes each commit survive power loss.
     # isolation_level=None hands transaction control to SQLAlchemy so SAVEPOINTs work.

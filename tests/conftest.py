@@ -90,7 +90,7 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def platform(home: Path, db_url: str) -> Iterator[Platform]:
-    settings = load_settings(home, database_url=db_url, checkpoint_interval_seconds=0)
+    settings = load_settings(home, database_url=db_url, checkpoint_interval_seconds=0, reconcile_seconds=0)
     with Platform(settings) as site:
         yield site
 

@@ -96,9 +96,23 @@ def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> N
     assert probe["rows"] == 300 and probe["missing"] == []
     assert "warehouse: SeaweedFS S3 at http://127.0.0.1:" in demo_site["banner"]
 
+    # The demo project's bubble: the printed link logs bruno into JupyterLab through the gateway.
+    link = re.search(r"open in a browser within \d+ h: (\S+)", demo_site["banner"])
+    assert link, demo_site["banner"]
+    bubble_id = re.search(r"/bubbles/(b-[0-9a-f]+)/open", link.group(1)).group(1)
+    with httpx.Client(timeout=30, follow_redirects=True) as browser:
+        opened = browser.get(link.group(1))  # follows the redirect with the session cookie set
+        assert opened.status_code == 200 and "JupyterLab" in opened.text, opened.text[:300]
+        assert browser.get(f"{url}/bubbles/{bubble_id}/api/status").status_code == 200
+    assert httpx.get(f"{url}/bubbles/{bubble_id}/api/status").status_code == 404  # no cookie, no token
+    listed = runner.invoke(app, ["bubble", "list", "--url", url, "--token", tokens["bruno"]])
+    assert listed.exit_code == 0 and "running" in listed.output
+
     demo_site["proc"].send_signal(signal.SIGTERM)
     assert demo_site["proc"].wait(30) == 0
     assert not _weed_processes(home), "the warehouse outlived the platform"
+    # the bubble outlives the controller (the next start adopts it); the test cleans up
+    assert bubble_id in _remove_bubbles(home)
     verified = runner.invoke(app, ["audit", "verify", "--home", str(home)])
     assert verified.exit_code == 0, verified.output
     assert "0 newer event(s)" in verified.output  # the stop signed a final checkpoint
@@ -124,9 +138,27 @@ def test_demo_seeding_is_idempotent_and_tokens_are_stable(tmp_path: Path) -> Non
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
     token = re.compile(r"alice\s+(blt_\S+)")
     assert token.search(first.output).group(1) == token.search(second.output).group(1)
-    verified = runner.invoke(app, ["audit", "verify", "--home", str(home), "--json"])
-    assert verified.exit_code == 0
-    assert '"events": 13' in verified.output  # 3 organisations, 5 users, 5 sources; nothing twice
+    try:
+        verified = runner.invoke(app, ["audit", "verify", "--home", str(home), "--json"])
+        assert verified.exit_code == 0
+        events = int(re.search(r'"events": (\d+)', verified.output).group(1))
+        third = runner.invoke(app, ["demo", "--home", str(home), "--no-serve", "--pupils", "50"])
+        assert third.exit_code == 0
+        again = runner.invoke(app, ["audit", "verify", "--home", str(home), "--json"])
+        assert f'"events": {events}' in again.output  # nothing done twice
+    finally:
+        _remove_bubbles(home)
+
+
+def _remove_bubbles(home: Path) -> list[str]:
+    """What the demo left running (bubbles outlive their controller by design)."""
+    from controller.runtimes.local import LocalRuntime
+
+    runtime = LocalRuntime(home / "bubbles")
+    found = runtime.list()
+    for bubble_id in found:
+        runtime.delete(bubble_id)
+    return found
 
 
 def test_verify_refuses_a_missing_key(tmp_path: Path) -> None:

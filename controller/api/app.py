@@ -10,7 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.model import SourceSpec
 from controller import errors
-from controller.api import accounts, audit, projects, sources, system, views
+from controller import gateway
+from controller.api import accounts, audit, bubbles, projects, sources, system, views
 from controller.metrics import MetricsMiddleware
 from controller.platform import Platform
 
@@ -22,7 +23,8 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith("/bubbles/"):
+            # The gateway streams to the bubble: Jupyter uploads come in chunks of its own size.
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
@@ -72,8 +74,10 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     errors.install(app)
-    for module in (system, accounts, sources, projects, views, audit):
+    for module in (system, accounts, sources, projects, views, bubbles, audit):
         app.include_router(module.router)
+    app.include_router(gateway.router)
+    app.state.gate = gateway.Gate(platform)
     app.add_middleware(MetricsMiddleware, metrics=platform.metrics)
     app.add_middleware(BodyLimit, limit=platform.settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -1,0 +1,186 @@
+"""The local sandbox, as data: the bubblewrap command line, the files a bubble sees in /etc,
+Jupyter's configuration and environment. Pure functions; local.py runs what they build.
+
+Two bubblewrap processes nest. The outer one runs as root: it builds the bubble's file system
+from bind mounts (root can read sources under directories no one else may enter, such as a
+Python under /root), unshares the network, IPC, UTS, PID and cgroup namespaces, and remounts
+the new root read-only. It then drops to the bubble's own unprivileged host user (setpriv), and
+the inner one enters a user namespace where that user is `researcher` (uid 1000) with no
+capabilities, and further user namespaces are disabled. Inside: the system and the Python
+environment read-only, the views read-only under /data, a writable home (with the outbox) and
+a private /tmp, and nothing of the host's files, processes or network unless the profile opens
+the network (open-data bubbles only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from controller.runtimes.base import SandboxSpec
+
+INSIDE_UID = 1000
+INSIDE_USER = "researcher"
+INSIDE_HOME = PurePosixPath("/home/researcher")
+INSIDE_RUN = PurePosixPath("/run/bulle")
+INSIDE_DATA = PurePosixPath("/data")
+SOCKET = "jupyter.sock"
+TOKEN_FILE = "token"
+SYSTEM = ("/usr",)
+MERGED_USR = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+# Host files an open bubble needs to resolve names and check certificates; a closed one has none.
+OPEN_NETWORK_ETC = ("/etc/resolv.conf", "/etc/ssl", "/etc/ca-certificates", "/etc/nsswitch.conf")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one bubble lives on the host (the controller's home, never visible inside)."""
+
+    root: Path
+    sockets: Path  # short: a Unix socket's path has at most 107 bytes, and homes can be deep
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def run(self) -> Path:
+        return self.sockets / self.root.name
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / SOCKET
+
+    @property
+    def state(self) -> Path:
+        return self.root / "sandbox.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "sandbox.log"
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk.img"
+
+
+def etc_files(spec: SandboxSpec) -> dict[str, str]:
+    """The bubble's /etc: who the researcher is, and a hosts file that knows only localhost."""
+    return {
+        "passwd": f"{INSIDE_USER}:x:{INSIDE_UID}:{INSIDE_UID}:researcher:{INSIDE_HOME}:/bin/bash\n"
+                  "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"{INSIDE_USER}:x:{INSIDE_UID}:\nnogroup:x:65534:\n",
+        "hostname": f"bulle-{spec.bubble[:12]}\n",
+        "hosts": f"127.0.0.1 localhost bulle-{spec.bubble[:12]}\n::1 localhost\n",
+    }
+
+
+def jupyter_config() -> str:
+    """Read as Python by Jupyter Server at start: takes the token from its file and deletes it,
+    so that neither the researcher's code nor anything else in the bubble finds it later in a
+    file, an argument or the environment."""
+    return (
+        "import os\n"
+        f"_path = {str(INSIDE_RUN / TOKEN_FILE)!r}\n"
+        "with open(_path) as _f:\n"
+        "    c.IdentityProvider.token = _f.read().strip()\n"
+        "os.unlink(_path)\n"
+        "c.ServerApp.allow_remote_access = True  # the Host is the gateway's; only the gateway reaches the socket\n"
+        "c.ServerApp.open_browser = False\n"
+        "c.ServerApp.answer_yes = True\n"
+        "c.IdentityProvider.cookie_name = 'bulle-jupyter'\n"
+    )
+
+
+def environment(spec: SandboxSpec, python_env: Path) -> dict[str, str]:
+    """The whole environment inside (bubblewrap starts from an empty one)."""
+    return {
+        "PATH": f"{python_env}/bin:/usr/bin:/bin",
+        "HOME": str(INSIDE_HOME),
+        "USER": INSIDE_USER,
+        "LOGNAME": INSIDE_USER,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "SHELL": "/bin/bash",
+        "BULLE_BUBBLE": spec.bubble,
+        "BULLE_PROJECT": spec.project,
+        "BULLE_DATA": str(INSIDE_DATA),
+        "BULLE_OUTBOX": str(INSIDE_HOME / "outbox"),
+        "JUPYTER_CONFIG_DIR": str(INSIDE_RUN / "config"),
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        "JUPYTER_DATA_DIR": str(INSIDE_HOME / ".local/share/jupyter"),
+        "IPYTHONDIR": str(INSIDE_HOME / ".ipython"),
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+    }
+
+
+def jupyter_command(spec: SandboxSpec, python_env: Path) -> list[str]:
+    return [
+        f"{python_env}/bin/python", "-m", "jupyter_server",
+        f"--sock={INSIDE_RUN / SOCKET}", "--sock-mode=0600",
+        f"--ServerApp.base_url={spec.base_url}",
+        f"--ServerApp.root_dir={INSIDE_HOME}",
+        "--KernelManager.transport=ipc",  # kernels talk over files in /tmp, not TCP ports
+    ]
+
+
+def _ancestors(targets: list[str]) -> list[str]:
+    """Every directory above a mount target, parents first: created 0755 before the binds (else
+    bubblewrap copies the mode of the source's parent, and /root or a 0700 home stays shut)."""
+    found: list[str] = []
+    for target in targets:
+        for parent in reversed(PurePosixPath(target).parents):
+            text = str(parent)
+            if text != "/" and text not in found:
+                found.append(text)
+    return [d for d in found if d not in targets and d not in MERGED_USR]
+
+
+def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python_base: Path, host_uid: int,
+                  bwrap: str = "bwrap", setpriv: str = "setpriv") -> list[str]:
+    """The command that runs the bubble's Jupyter Server, as root, from the controller."""
+    ro: list[tuple[str, str]] = [(p, p) for p in SYSTEM]
+    for path in (python_base, python_env):
+        if not any(str(path) == p or str(path).startswith(p + "/") for p in SYSTEM):
+            ro.append((str(path), str(path)))
+    ro += [(str(layout.etc / name), f"/etc/{name}") for name in sorted(etc_files(spec))]
+    if spec.network == "open":
+        ro += [(p, p) for p in OPEN_NETWORK_ETC if Path(p).exists()]
+    ro += [(str(source), str(INSIDE_DATA / name)) for name, source in sorted(spec.views.items())]
+    rw = [(str(layout.home), str(INSIDE_HOME)), (str(layout.run), str(INSIDE_RUN))]
+    targets = [t for _, t in ro + rw]
+    directories = [str(INSIDE_DATA), *_ancestors(targets)]
+
+    outer = [bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try"]
+    if spec.network == "none":
+        outer.append("--unshare-net")
+    outer += ["--hostname", f"bulle-{spec.bubble[:12]}", "--new-session", "--clearenv"]
+    for name, value in sorted(environment(spec, python_env).items()):
+        outer += ["--setenv", name, value]
+    for directory in dict.fromkeys(directories):  # /data exists, empty, even without views
+        outer += ["--perms", "0755", "--dir", directory]
+    for link, to in MERGED_USR.items():
+        outer += ["--symlink", to, link]
+    for source, target in ro:
+        outer += ["--ro-bind", source, target]
+    for source, target in rw:
+        outer += ["--bind", source, target]
+    outer += ["--proc", "/proc", "--dev", "/dev",
+              "--perms", "1777", "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", str(INSIDE_HOME)]
+    drop = [setpriv, f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    inner = [bwrap, "--unshare-user", "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--disable-userns",
+             "--bind", "/", "/", "--dev-bind", "/dev", "/dev", "--chdir", str(INSIDE_HOME), "--cap-drop", "ALL"]
+    return [*outer, "--", *drop, "--", *inner, "--", *jupyter_command(spec, python_env)]
+
+
+def state_document(spec: SandboxSpec, *, pid: int, started: int, host_uid: int, cgroups: list[str],
+                   disk_mounted: bool) -> str:
+    """What a restarted controller needs to find the sandbox again (sandbox.json)."""
+    return json.dumps({"bubble": spec.bubble, "project": spec.project, "pid": pid, "started": started,
+                       "host_uid": host_uid, "cgroups": cgroups, "disk_mounted": disk_mounted}, indent=2)
