@@ -231,7 +231,7 @@ class Bubbles:
             started = utcnow()
             endpoint = self.runtime.create(spec)
             self._wait_ready(bubble_id, endpoint)
-        except (ApiError, RuntimeFailure, OSError, TimeoutError) as exc:
+        except Exception as exc:  # whatever stops provisioning, the bubble ends failed and wiped, never half-made
             reason = exc.message if isinstance(exc, ApiError) else str(exc)
             removed = self._wipe(bubble_id)
             self._set(bubble_id, actor, "bubble.failed", {"reason": reason[:500], "removed": removed},

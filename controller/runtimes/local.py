@@ -113,12 +113,15 @@ class LocalRuntime:
     def _uid(self, layout: Layout) -> int:
         """The bubble's own host user, kept for its whole life (its files are owned by it)."""
         path = layout.root / "uid"
-        if path.exists():
-            return int(path.read_text())
-        taken = {int(p.read_text()) for p in self.root.glob("*/uid")}
-        uid = next(u for u in range(UID_BASE, UID_BASE + UID_RANGE) if u not in taken)
-        path.write_text(str(uid))
-        return uid
+        with self._lock:  # concurrent starts: one allocation at a time, each file whole when seen
+            if path.exists():
+                return int(path.read_text())
+            taken = {int(p.read_text()) for p in self.root.glob("*/uid")}
+            uid = next(u for u in range(UID_BASE, UID_BASE + UID_RANGE) if u not in taken)
+            staging = layout.root / ".uid"
+            staging.write_text(str(uid))
+            os.rename(staging, path)
+            return uid
 
     def _prepare(self, spec: SandboxSpec, layout: Layout, uid: int) -> None:
         layout.root.mkdir(mode=0o700, exist_ok=True)
