@@ -326,7 +326,7 @@ class Bubbles:
                 for row in rows:
                     reason = self.expiry_reason(session, row, now)
                     plans.append((row.id, row.state, row.created_at, reason))
-                known = set(session.scalars(select(Bubble.id).where(Bubble.state.in_(HELD))).all())
+            known = {bubble_id for bubble_id, *_ in plans}
             timeout = dt.timedelta(seconds=self.platform.settings.bubble_start_timeout * 2)
             for bubble_id, state, created_at, reason in plans:
                 if reason:
@@ -342,7 +342,12 @@ class Bubbles:
                     self._end(bubble_id, "system:reconciler", FAILED, "provisioning_interrupted: the controller "
                               "stopped while the bubble was being provisioned")
                     done.append((bubble_id, "failed"))
-            for bubble_id in self.runtime.list():
+            candidates = [b for b in self.runtime.list() if b not in known]
+            if candidates:  # asked again: a bubble created since the first query is no orphan
+                with self.platform.sessions() as session:
+                    known |= set(session.scalars(select(Bubble.id).where(Bubble.id.in_(candidates),
+                                                                          Bubble.state.in_(HELD))).all())
+            for bubble_id in candidates:
                 if bubble_id not in known:
                     removed = self._wipe(bubble_id)
                     self.platform.audit.append(self._event("system:reconciler", "bubble.orphan_removed", bubble_id,

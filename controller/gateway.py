@@ -162,7 +162,7 @@ async def proxy(bubble_id: str, path: str, request: Request) -> Response:
         answer = await client.send(upstream, stream=True)
     except httpx.TransportError as exc:
         raise ApiError(502, "bubble_unreachable", f"bubble {bubble_id} did not answer: {type(exc).__name__}") from None
-    headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP or k.lower() == "set-cookie"}
+    headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
     if request.method == "POST" and answer.status_code == 201 and path.rstrip("/") in ("api/kernels", "api/sessions"):
         body = await answer.aread()
         await answer.aclose()

@@ -190,12 +190,9 @@ def _merge(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_view(directory: Path, view: Mapping[str, Any], batches: Iterator[pa.RecordBatch],
@@ -220,7 +217,7 @@ def write_view(directory: Path, view: Mapping[str, Any], batches: Iterator[pa.Re
         "view": view["view"], "source": view["source"], "source_version": view["source_version"],
         "grant": view["grant"], "project": view["project"], "mode": view["mode"], "parameters": view["parameters"],
         "row_count": rows, "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
-        "files": [{"path": DATA_FILE, "sha256": _sha256(path), "bytes": path.stat().st_size}],
+        "files": [{"path": DATA_FILE, "sha256": file_sha256(path), "bytes": path.stat().st_size}],
         "statistics": stats, "policy_decision_id": view["decision_id"], "created_at": iso(utcnow()),
     }
     (directory / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

@@ -73,14 +73,6 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class LocalRuntime:
     name = "local"
 
@@ -263,7 +255,9 @@ class LocalRuntime:
         removed = []
         if layout.home.exists():
             for path in sorted(p for p in layout.home.rglob("*") if p.is_file() and not p.is_symlink()):
-                removed.append(Removed(str(path.relative_to(layout.root)), file_digest(path), path.stat().st_size))
+                with path.open("rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                removed.append(Removed(str(path.relative_to(layout.root)), digest, path.stat().st_size))
         limits.release_disk(layout.home)
         shutil.rmtree(layout.root, ignore_errors=True)
         shutil.rmtree(layout.run, ignore_errors=True)
