@@ -67,3 +67,16 @@ def test_cgroup_limits_follow_the_profile() -> None:
     assert v1.writes == {"/cg/memory/bulles/b-1": {"memory.limit_in_bytes": str(512 << 20)},
                          "/cg/pids/bulles/b-1": {"pids.max": "512"},
                          "/cg/cpu/bulles/b-1": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}}
+
+
+def test_an_environment_under_tmp_is_mounted_over_the_private_tmp_not_hidden_by_it() -> None:
+    spec = SandboxSpec(**SPEC.__dict__)
+    argv = bwrap_command(spec, LAYOUT, python_env=Path("/tmp/clone/.venv-bubble"), python_base=Path("/usr"),
+                         host_uid=200001)
+    outer = argv[:argv.index("--")]
+    tmpfs = outer.index("--tmpfs")
+    assert outer[tmpfs + 1] == "/tmp" and outer[tmpfs - 2:tmpfs] == ["--perms", "1777"]
+    assert ("/tmp/clone/.venv-bubble", "/tmp/clone/.venv-bubble") in pairs(outer, "--ro-bind")
+    bind = next(i for i, a in enumerate(outer) if a == "--ro-bind" and outer[i + 2] == "/tmp/clone/.venv-bubble")
+    assert tmpfs < bind
+    assert [outer[i + 1] for i, a in enumerate(outer) if a == "--dir"].count("/tmp") == 0  # stays 1777

@@ -29,6 +29,7 @@ SOCKET = "jupyter.sock"
 TOKEN_FILE = "token"
 SYSTEM = ("/usr",)
 MERGED_USR = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+KERNEL_MOUNTS = ("/proc", "/dev", "/tmp")  # mounted first: binds below them (an env under /tmp) stay visible
 # Host files an open bubble needs to resolve names and check certificates; a closed one has none.
 OPEN_NETWORK_ETC = ("/etc/resolv.conf", "/etc/ssl", "/etc/ca-certificates", "/etc/nsswitch.conf")
 
@@ -138,7 +139,7 @@ def _ancestors(targets: list[str]) -> list[str]:
             text = str(parent)
             if text != "/" and text not in found:
                 found.append(text)
-    return [d for d in found if d not in targets and d not in MERGED_USR]
+    return [d for d in found if d not in targets and d not in MERGED_USR and d not in KERNEL_MOUNTS]
 
 
 def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python_base: Path, host_uid: int,
@@ -159,7 +160,8 @@ def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python
     outer = [bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try"]
     if spec.network == "none":
         outer.append("--unshare-net")
-    outer += ["--hostname", f"bulle-{spec.bubble[:12]}", "--new-session", "--clearenv"]
+    outer += ["--hostname", f"bulle-{spec.bubble[:12]}", "--new-session", "--clearenv",
+              "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     for name, value in sorted(environment(spec, python_env).items()):
         outer += ["--setenv", name, value]
     for directory in dict.fromkeys(directories):  # /data exists, empty, even without views
@@ -170,8 +172,7 @@ def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python
         outer += ["--ro-bind", source, target]
     for source, target in rw:
         outer += ["--bind", source, target]
-    outer += ["--proc", "/proc", "--dev", "/dev",
-              "--perms", "1777", "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", str(INSIDE_HOME)]
+    outer += ["--remount-ro", "/", "--chdir", str(INSIDE_HOME)]
     drop = [setpriv, f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
     inner = [bwrap, "--unshare-user", "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--disable-userns",
