@@ -162,3 +162,14 @@ def scan_of(table, sizes=1000):
             start, i = start + size, i + 1
 
     return scan
+
+
+def remove_bubbles(home: Path) -> list[str]:
+    """What a `bulles demo` run left running (bubbles outlive their controller by design)."""
+    from controller.runtimes.local import LocalRuntime
+
+    runtime = LocalRuntime(home / "bubbles")
+    found = runtime.list()
+    for bubble_id in found:
+        runtime.delete(bubble_id)
+    return found

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import free_port
+from conftest import free_port, remove_bubbles
 from controller.cli import app
 
 runner = CliRunner()
@@ -112,7 +112,7 @@ def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> N
     assert demo_site["proc"].wait(30) == 0
     assert not _weed_processes(home), "the warehouse outlived the platform"
     # the bubble outlives the controller (the next start adopts it); the test cleans up
-    assert bubble_id in _remove_bubbles(home)
+    assert bubble_id in remove_bubbles(home)
     verified = runner.invoke(app, ["audit", "verify", "--home", str(home)])
     assert verified.exit_code == 0, verified.output
     assert "0 newer event(s)" in verified.output  # the stop signed a final checkpoint
@@ -147,18 +147,7 @@ def test_demo_seeding_is_idempotent_and_tokens_are_stable(tmp_path: Path) -> Non
         again = runner.invoke(app, ["audit", "verify", "--home", str(home), "--json"])
         assert f'"events": {events}' in again.output  # nothing done twice
     finally:
-        _remove_bubbles(home)
-
-
-def _remove_bubbles(home: Path) -> list[str]:
-    """What the demo left running (bubbles outlive their controller by design)."""
-    from controller.runtimes.local import LocalRuntime
-
-    runtime = LocalRuntime(home / "bubbles")
-    found = runtime.list()
-    for bubble_id in found:
-        runtime.delete(bubble_id)
-    return found
+        remove_bubbles(home)
 
 
 def test_verify_refuses_a_missing_key(tmp_path: Path) -> None:

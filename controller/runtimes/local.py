@@ -8,6 +8,7 @@ is never mistaken for a bubble.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -83,9 +84,7 @@ class LocalRuntime:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)  # only root enters: bubbles never see each other's directories
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        self.sockets = SOCKETS / digest
-        self.sockets.mkdir(parents=True, exist_ok=True)
-        os.chmod(SOCKETS, 0o700)
+        self.sockets = SOCKETS / digest  # made at the first start, removed with the last bubble
         self._children: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self.cgroups = limits.cgroup_version()
@@ -135,6 +134,8 @@ class LocalRuntime:
             os.chmod(layout.etc / name, 0o644)
         if layout.run.exists():
             shutil.rmtree(layout.run)
+        SOCKETS.mkdir(mode=0o700, exist_ok=True)
+        self.sockets.mkdir(mode=0o700, exist_ok=True)
         layout.run.mkdir(mode=0o700)
         config = layout.run / "config"
         config.mkdir(mode=0o755)
@@ -241,8 +242,7 @@ class LocalRuntime:
         self._kill(bubble)
         layout.state.unlink(missing_ok=True)
         limits.release_disk(layout.home)
-        if layout.run.exists():
-            shutil.rmtree(layout.run, ignore_errors=True)
+        self._remove_run(layout)
 
     def delete(self, bubble: str) -> list[Removed]:
         layout = self.layout(bubble)
@@ -260,8 +260,13 @@ class LocalRuntime:
                 removed.append(Removed(str(path.relative_to(layout.root)), digest, path.stat().st_size))
         limits.release_disk(layout.home)
         shutil.rmtree(layout.root, ignore_errors=True)
-        shutil.rmtree(layout.run, ignore_errors=True)
+        self._remove_run(layout)
         return removed
+
+    def _remove_run(self, layout: Layout) -> None:
+        shutil.rmtree(layout.run, ignore_errors=True)
+        with contextlib.suppress(OSError):  # still holds other bubbles' sockets
+            self.sockets.rmdir()
 
     def list(self) -> list[str]:
         if not self.root.exists():
