@@ -123,12 +123,30 @@ def tamper(platform: Platform, statement) -> None:
         conn.execute(statement)
 
 
-def test_one_changed_byte_is_found_at_its_sequence_number(logged: Platform) -> None:
+def _one_byte_changed(value: str | bytes, at: int, to: int) -> str | bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    assert raw[at] != to
+    changed = raw[:at] + bytes([to]) + raw[at + 1:]
+    assert len(changed) == len(raw) and sum(a != b for a, b in zip(raw, changed)) == 1  # exactly one byte
+    return changed.decode() if isinstance(value, str) else changed
+
+
+@pytest.mark.parametrize("column,locate,to", [
+    ("details", lambda v: v.index(b'"i":16') + 5, ord("7")),  # "i":16 -> "i":17, still valid JSON
+    ("details", lambda v: v.index(b'"note"') + 1, ord("m")),  # a key's first letter
+    ("leaf_hash", lambda v: 0, None),
+    ("chain_hash", lambda v: 31, None),
+], ids=["details-value", "details-key", "leaf-hash", "chain-hash"])
+def test_one_changed_byte_is_found_at_its_sequence_number(logged: Platform, column: str, locate, to) -> None:
     with logged.sessions() as s:
-        details = s.get(AuditEvent, 17).details
-    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 17).values(details=details.replace('"i":16', '"i":61')))
+        stored = getattr(s.get(AuditEvent, 17), column)
+    raw = stored.encode() if isinstance(stored, str) else stored
+    at = locate(raw)
+    changed = _one_byte_changed(stored, at, raw[at] ^ 0x01 if to is None else to)
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 17).values({column: changed}))
     report = check(logged)
     assert not report.ok and report.first_bad_seq == 17, report
+    assert report.problem.startswith("event 17:"), report.problem
 
 
 @pytest.mark.parametrize("column,value", [("actor", "user:someone-else"), ("ts", "2020-01-01T00:00:00.000000Z"),
@@ -163,11 +181,35 @@ def test_truncation_is_found(logged: Platform) -> None:
     assert not report.ok and report.first_bad_seq == 27 and "truncated" in report.problem
 
 
-def test_a_replaced_checkpoint_signature_is_found(logged: Platform) -> None:
+@pytest.mark.parametrize("replaced,seq", [(30, 30), (40, 40), ("both", 30)])
+def test_a_replaced_checkpoint_signature_is_found(logged: Platform, replaced, seq: int) -> None:
+    """Checkpoints at 30 and 40 events: a bad signature is reported at the last sequence number
+    the checkpoint covers (its size), the earliest one first."""
+    fill(logged, 10)
+    logged.audit.checkpoint()
     forged = Ed25519PrivateKey.generate().sign(b"anything")
-    tamper(logged, update(Checkpoint).values(signature=forged))
+    which = update(Checkpoint) if replaced == "both" else update(Checkpoint).where(Checkpoint.size == replaced)
+    tamper(logged, which.values(signature=forged))
     report = check(logged)
-    assert not report.ok and "signature" in report.problem
+    assert not report.ok and report.first_bad_seq == seq, report
+    assert "signature does not verify" in report.problem and f"covering events 1 to {seq}" in report.problem
+
+
+def test_a_bad_event_before_a_replaced_signature_is_named_first(logged: Platform) -> None:
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 5).values(actor="user:someone-else"))
+    tamper(logged, update(Checkpoint).values(signature=Ed25519PrivateKey.generate().sign(b"x")))
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 5, report
+
+
+def test_a_forged_checkpoint_beyond_the_log_is_a_bad_signature_not_a_truncation(logged: Platform) -> None:
+    with logged.sessions() as s:
+        real = s.scalars(select(Checkpoint)).one()
+        s.add(Checkpoint(size=45, root=real.root, chain_head=real.chain_head, origin=real.origin, ts=real.ts,
+                         key_id=real.key_id, signature=Ed25519PrivateKey.generate().sign(b"x")))
+        s.commit()
+    report = check(logged)
+    assert not report.ok and report.first_bad_seq == 45 and "signature" in report.problem, report
 
 
 def test_a_consistently_rewritten_chain_is_caught_by_the_checkpoint(logged: Platform) -> None:
@@ -215,6 +257,33 @@ def test_cli_verify_names_the_first_bad_event(logged: Platform) -> None:
     assert "first bad sequence number: 4" in bad.output
 
 
+def test_cli_verify_against_an_older_checkpoint(logged: Platform) -> None:
+    """`--checkpoint N` checks the log against checkpoint N only: newer events are chain-checked,
+    newer checkpoints are not consulted, and a changed event before it is still named."""
+    with logged.sessions() as s:
+        old = s.scalars(select(Checkpoint.id)).one()
+    fill(logged, 10)
+    new = logged.audit.checkpoint()
+    assert new.id != old and new.size == 40
+    runner = CliRunner()
+    base = ["audit", "verify", "--home", str(logged.settings.home), "--database-url", logged.settings.db_url]
+    at_old = runner.invoke(cli, [*base, "--checkpoint", str(old)])
+    assert at_old.exit_code == 0, at_old.output
+    assert f"checkpoint {old} (size 30) verified; 10 newer event(s)" in at_old.output
+    # the newer checkpoint's signature is replaced: the latest fails at 40, the older one still verifies
+    tamper(logged, update(Checkpoint).where(Checkpoint.id == new.id)
+           .values(signature=Ed25519PrivateKey.generate().sign(b"x")))
+    latest = runner.invoke(cli, base)
+    assert latest.exit_code == 1 and "first bad sequence number: 40" in latest.output, latest.output
+    assert runner.invoke(cli, [*base, "--checkpoint", str(old)]).exit_code == 0
+    # an event before the older checkpoint is changed: found at its sequence number
+    tamper(logged, update(AuditEvent).where(AuditEvent.seq == 11).values(subject_id="x"))
+    bad = runner.invoke(cli, [*base, "--checkpoint", str(old)])
+    assert bad.exit_code == 1 and "first bad sequence number: 11" in bad.output, bad.output
+    missing = runner.invoke(cli, [*base, "--checkpoint", "999"])
+    assert missing.exit_code == 1 and "checkpoint 999 does not exist" in missing.output
+
+
 # -- crash ----------------------------------------------------------------------------
 WRITER = """
 import sys
@@ -233,7 +302,6 @@ with Platform(settings) as p:
 """
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_kill_9_loses_no_acknowledged_event(home: Path, db_url: str) -> None:
     engine = make_engine(db_url)
     migrate(engine)
@@ -255,7 +323,8 @@ def test_kill_9_loses_no_acknowledged_event(home: Path, db_url: str) -> None:
     with engine.connect() as conn:
         stored = set(conn.execute(select(AuditEvent.seq)).scalars())
         count = conn.execute(select(func.count()).select_from(AuditEvent)).scalar()
-        assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+        if engine.dialect.name == "sqlite":
+            assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
     assert set(acked) <= stored
     assert count == max(stored)  # no hole
     report = verify(engine, load_public_key(home / SIGNING_PUB))

@@ -3,7 +3,8 @@
 Trusts nothing stored: every entry is rebuilt from its columns and rehashed, the chain and the
 Merkle tree are recomputed, and checkpoints are checked with a public key given by the caller
 (never one read from the database). The report names the first bad sequence number where the
-damage can be located to one event; where an attacker rewrote the chain consistently, only
+damage can be located to one event (for a checkpoint whose signature fails, the last sequence
+number it covers, which is its size); where an attacker rewrote the chain consistently, only
 the signed checkpoints can tell, and the report gives the range between the last good and
 the first bad checkpoint.
 """
@@ -69,16 +70,15 @@ def verify(engine: Engine, public_key: Ed25519PublicKey, checkpoint_id: int | No
             report.checkpoint_id, report.checkpoint_size = target.id, target.size
             checkpoints = [c for c in checkpoints if c.size <= target.size]
         wanted_kid = cp.key_id(public_key)
-        for c in checkpoints:
-            if c.key_id != wanted_kid or not cp.signature_valid(public_key, signed_from_row(c)):
-                return report.fail(f"checkpoint {c.id} (size {c.size}): signature does not verify with the given key")
+        forged = {c.id for c in checkpoints
+                  if c.key_id != wanted_kid or not cp.signature_valid(public_key, signed_from_row(c))}
         by_size: dict[int, list[Checkpoint]] = {}
         for c in checkpoints:
             by_size.setdefault(c.size, []).append(c)
         result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
             select(*_COLUMNS).order_by(AuditEvent.seq)
         )
-        _walk(result, by_size, report)
+        _walk(result, by_size, forged, report)
     if report.ok and target is None and report.events:
         report.fail("no signed checkpoint covers the log")
     if report.ok and target is not None:
@@ -86,7 +86,10 @@ def verify(engine: Engine, public_key: Ed25519PublicKey, checkpoint_id: int | No
     return report
 
 
-def _walk(rows: Any, by_size: dict[int, list[Checkpoint]], report: Report) -> None:
+def _walk(rows: Any, by_size: dict[int, list[Checkpoint]], forged: set[int], report: Report) -> None:
+    """Rehash the events in order; a checkpoint of size n is checked at event n, the last one it
+    covers, so a checkpoint whose signature fails is reported at that sequence number (after any
+    bad event before it)."""
     sha256 = hashlib.sha256
     loads = orjson.loads
     tree = MerkleLevels()
@@ -115,6 +118,10 @@ def _walk(rows: Any, by_size: dict[int, list[Checkpoint]], report: Report) -> No
             return
         append_leaf(leaf)
         for c in by_size.get(seq, ()):
+            if c.id in forged:
+                report.fail(f"checkpoint {c.id} (size {c.size}, covering events 1 to {seq}): "
+                            "signature does not verify with the given key", seq)
+                return
             if head != c.chain_head or tree.root(seq) != c.root:
                 report.fail(
                     f"checkpoint {c.id} (size {c.size}) does not match the log: events between "
@@ -125,9 +132,14 @@ def _walk(rows: Any, by_size: dict[int, list[Checkpoint]], report: Report) -> No
             last_good_size = seq
         expected += 1
     report.events = expected - 1
-    biggest = max(by_size, default=0)
-    if biggest > report.events:
+    beyond = sorted((c.size, c.id) for size, cs in by_size.items() if size > report.events for c in cs)
+    genuine = [size for size, cid in beyond if cid not in forged]
+    if genuine:
         report.fail(
-            f"log truncated: a signed checkpoint covers {biggest} events but only {report.events} are stored",
+            f"log truncated: a signed checkpoint covers {genuine[-1]} events but only {report.events} are stored",
             report.events + 1,
         )
+    elif beyond:  # only checkpoints that nobody signed claim more events than stored
+        size, cid = beyond[0]
+        report.fail(f"checkpoint {cid} (size {size}, covering events 1 to {size}): "
+                    "signature does not verify with the given key", size)
