@@ -18,7 +18,8 @@ Decisions:
   three the tables stop being readable and the search for a safe pattern grows fast, so more is
   refused with a ValueError. Zero dimensions give the grand total alone.
 * Dimensions are published as strings; a margin shows ``"Total"`` in place of the dimension's
-  value. A real value equal to ``"Total"`` would make the table ambiguous and is refused; a null
+  value. A real value equal to ``"Total"`` would make the table ambiguous and is refused (a
+  :class:`~connectors.base.DataError`, code ``reserved_value``); a null
   value is a category of its own (shown as null).
 * Zero cells: a combination that never occurs in the data is absent from the table rather than
   published as a zero row. Absent cells are still counted as *known* (zero) entries of their
@@ -45,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.base import Scan
+from connectors.base import DataError, Scan
 
 """Returns a fresh iterator over the source each time it is called."""
 
@@ -76,7 +77,7 @@ def aggregate(
     Rows are sorted by dimension values, nulls after values and totals last.
     """
     dims, meas = list(dimensions), list(measures)
-    _check(dims, meas, threshold)
+    check_request(dims, meas, threshold)
     sums_type = {m: pa.float64() for m in meas}
     merger = _Merger(dims, meas)
     records_in = 0
@@ -111,7 +112,9 @@ def aggregate(
     return table, stats
 
 
-def _check(dims: list[str], meas: list[str], threshold: int) -> None:
+def check_request(dims: list[str], meas: list[str], threshold: int) -> None:
+    """What no data could make publishable, refused before anything is read (a ValueError);
+    views check requests with it, so such a request is the caller's mistake, not a failed build."""
     if len(dims) > MAX_DIMENSIONS:
         raise ValueError(
             f"at most {MAX_DIMENSIONS} dimensions can be protected by cell suppression, not {len(dims)}: "
@@ -198,7 +201,8 @@ class _Merger:
         for i, key in enumerate(keys):
             if TOTAL in key:
                 name = self.dims[key.index(TOTAL)]
-                raise ValueError(f"dimension '{name}' has a value '{TOTAL}', which margins use: recode it first")
+                raise DataError("reserved_value",
+                                f"dimension '{name}' has a value '{TOTAL}', which margins use: recode it first")
             sums = [data[f"{m}__sum"][i] or 0 for m in self.meas]
             nonnull = [data[f"{m}__n"][i] or 0 for m in self.meas]
             rows.append((key, data[_COUNT][i], sums, nonnull))

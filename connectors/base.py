@@ -45,6 +45,21 @@ class ConnectorError(Exception):
         self.source, self.code, self.message = source, code, message
 
 
+class DataError(Exception):
+    """Content a transform cannot publish as its mode requires, with a stable code.
+
+    Raised by the transforms, which do not know the source's name: the view adds it. Unlike a
+    bug, this is the data's doing (a dimension value that margins use, a source changed between
+    two passes), so the caller gets a 409 with the code rather than a 500.
+
+    Codes: reserved_value, source_changed, all_suppressed.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 @dataclass(frozen=True)
 class Probe:
     """What a cheap look at the warehouse tells: the schema found and how many rows, roughly."""

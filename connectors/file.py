@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, csv_probe
+from connectors.formats import batches_for, text_probe
 from connectors.location import FileLocation
 
 
@@ -38,15 +38,17 @@ class FileConnector:
     def probe(self) -> Probe:
         with self._open() as handle:
             if self.location.format == "parquet":
-                meta = pq.ParquetFile(handle).metadata
+                try:
+                    meta = pq.ParquetFile(handle).metadata
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise ConnectorError(self.source_id, "schema_mismatch",
+                                         f"not a readable Parquet file: {str(exc).splitlines()[0]}") from None
                 return Probe(meta.schema.to_arrow_schema(), meta.num_rows, exact=True)
             size = self.path.stat().st_size
             head = handle.read(64 * 1024)
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", "the file is empty")
-        if self.location.format == "csv":
-            return csv_probe(head, size)
-        return Probe(self.declared, None)
+        return text_probe(self.location.format, head, size, self.declared)
 
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         chosen = check_columns(self.source_id, columns, self.declared.names)

@@ -7,12 +7,13 @@ gives the same Arrow types, and a file that does not match its declaration fails
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import ijson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
@@ -80,21 +81,120 @@ def _header(head: bytes, delimiter: str) -> list[str]:
     return [c.strip().strip('"') for c in line.split(delimiter)]
 
 
-def csv_probe(head: bytes, total_bytes: int | None, files: int = 1) -> Probe:
-    """The header of the first file (every column a string, as nothing is parsed yet) and the
+def text_probe(fmt: str, head: bytes, total_bytes: int | None, declared: pa.Schema, files: int = 1) -> Probe:
+    """What the first bytes of a CSV or JSON source show: see `csv_probe` and `json_probe`."""
+    if fmt == "csv":
+        return csv_probe(head, total_bytes, files, declared)
+    return json_probe(head, total_bytes, declared, files)
+
+
+def csv_probe(head: bytes, total_bytes: int | None, files: int = 1, declared: pa.Schema | None = None) -> Probe:
+    """The header of the first file, typed from its first rows (see `found_schema`), and the
     rows estimated from the bytes per line of its first bytes; exact when `head` is all of it."""
-    names = _header(head, sniff_delimiter(head))
-    schema = pa.schema([pa.field(n, pa.string()) for n in names])
+    delimiter = sniff_delimiter(head)
+    names = _header(head, delimiter)
+    whole = total_bytes is not None and len(head) >= total_bytes and files == 1
+    schema = found_schema(names, _csv_sample(head, delimiter, len(names), whole), declared)
     _, _, body = head.lstrip(b"\xef\xbb\xbf").partition(b"\n")
     if total_bytes is None:
         return Probe(schema, None)
-    if len(head) >= total_bytes and files == 1:
+    if whole:
         return Probe(schema, sum(1 for line in body.splitlines() if line.strip()), exact=True)
     lines = body.count(b"\n")
     if not lines:
         return Probe(schema, None)
     header_bytes = (len(head) - len(body)) * files
     return Probe(schema, max(0, round((total_bytes - header_bytes) / (len(body) / lines))))
+
+
+def _complete_lines(head: bytes, whole: bool) -> bytes:
+    """The head without its last line when that line may be cut short."""
+    return head if whole else head[: head.rfind(b"\n") + 1]
+
+
+def _csv_sample(head: bytes, delimiter: str, width: int, whole: bool) -> list[pa.Array | None]:
+    """The columns of the first rows, typed as pyarrow infers them; None where unreadable (a
+    quoted field cut by the end of the head, a ragged line): those are reported as strings."""
+    try:
+        table = pacsv.read_csv(pa.BufferReader(_complete_lines(head.lstrip(b"\xef\xbb\xbf"), whole)),
+                               parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return [None] * width
+    if table.num_columns != width:
+        return [None] * width
+    return [table.column(i).combine_chunks() for i in range(width)]
+
+
+def json_probe(head: bytes, total_bytes: int | None, declared: pa.Schema, files: int = 1) -> Probe:
+    """The keys of the first records (a JSON array or JSON lines), typed from their values,
+    and the rows estimated from the bytes per record; exact when `head` is all of it."""
+    whole = total_bytes is not None and len(head) >= total_bytes and files == 1
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    records = _array_sample(text) if text.startswith(b"[") else _lines_sample(text, whole)
+    records = [r for r in records if isinstance(r, dict)]
+    names = list(dict.fromkeys(name for r in records for name in r))
+    columns = []
+    for name in names:
+        try:
+            columns.append(pa.array([r.get(name) for r in records]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            columns.append(None)  # mixed kinds of values: reported as strings
+    schema = found_schema(names, columns, declared)
+    if whole:
+        return Probe(schema, len(records), exact=True)
+    if not records or total_bytes is None:
+        return Probe(schema, None)
+    return Probe(schema, max(len(records), round(total_bytes / (len(head) / len(records)))))
+
+
+def _array_sample(text: bytes) -> list[Any]:
+    """The complete items at the start of a JSON array whose end may be cut off."""
+    items: list[Any] = []
+    try:
+        for item in ijson.items(io.BytesIO(text), "item", use_float=True):
+            items.append(item)
+    except ijson.JSONError:
+        pass  # the head ends inside an item: the ones before it are the sample
+    return items
+
+
+def _lines_sample(text: bytes, whole: bool) -> list[Any]:
+    records = []
+    for line in _complete_lines(text, whole).splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+    return records
+
+
+def found_schema(names: Sequence[str], sample: Sequence[pa.Array | None], declared: pa.Schema | None) -> pa.Schema:
+    """The schema the first rows support: a column gets its declared type when all its sampled
+    values convert to it (what a scan will need), else the type pyarrow infers from them, so a
+    provider sees at once which declared columns are absent and which hold something else.
+    Without a usable sample a column is a string, as its raw text is."""
+    fields = []
+    for name, values in zip(names, sample, strict=True):
+        wanted = declared.field(name).type if declared is not None and name in declared.names else None
+        if values is None:
+            found = pa.string()
+        elif wanted is not None and _converts(values, wanted):
+            found = wanted
+        else:
+            found = pa.string() if pa.types.is_null(values.type) else values.type
+        fields.append(pa.field(name, found))
+    return pa.schema(fields)
+
+
+def _converts(values: pa.Array, target: pa.DataType) -> bool:
+    if values.type == target or pa.types.is_null(values.type):
+        return True
+    try:
+        values.cast(target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def _mismatch(source: str, exc: Exception) -> ConnectorError:
@@ -171,41 +271,72 @@ def parquet_batches(
 def json_batches(
     stream: Any, source: str, declared: pa.Schema, columns: Sequence[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """JSON lines, or a JSON array of objects (what Opendatasoft's `exports/json` returns).
+    """JSON lines, or a JSON array of objects (what Opendatasoft's `exports/json` returns),
+    streamed: memory holds one batch of records, whatever the size of the source.
 
-    Arrow's JSON reader needs a seekable file, so the bytes are spooled to a temporary file
-    first (disk, not memory); a JSON array is then parsed whole, so large sources are better
-    exported as CSV, Parquet or JSON lines.
+    An array is parsed item by item (ijson, an incremental parser); JSON lines are cut into
+    blocks of whole lines, each parsed by Arrow's JSON reader (which, given a stream, would
+    read all of it before the first batch).
     """
+    head = stream.read(_SNIFF_BYTES)
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not text:
+        raise ConnectorError(source, "empty", "the file is empty")
+    rest = ChunkReader(itertools.chain([text], iter(lambda: stream.read(1 << 20), b"")))
     target = pa.schema([declared.field(c) for c in columns])
-    with tempfile.TemporaryFile(prefix="bulles-json-") as spool:
-        while chunk := stream.read(1 << 20):
-            spool.write(chunk)
-        spool.seek(0)
-        head = spool.read(_SNIFF_BYTES).lstrip(b"\xef\xbb\xbf").lstrip()
-        if not head:
-            raise ConnectorError(source, "empty", "the file is empty")
-        spool.seek(0)
-        if head.startswith(b"["):
-            try:
-                records = json.loads(spool.read())
-            except ValueError as exc:
-                raise ConnectorError(source, "schema_mismatch", f"not valid JSON: {exc}") from None
-            if not all(isinstance(r, dict) for r in records):
+    if text.startswith(b"["):
+        yield from _array_batches(rest, source, target, batch_rows)
+    else:
+        yield from _lines_batches(rest, source, target, batch_rows)
+
+
+def _array_batches(stream: Any, source: str, target: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    records: list[Any] = []
+    try:
+        for record in ijson.items(stream, "item", use_float=True):
+            if not isinstance(record, dict):
                 raise ConnectorError(source, "schema_mismatch", "a JSON array of objects was expected")
-            for start in range(0, len(records), batch_rows):
-                try:
-                    yield _from_records(records[start : start + batch_rows], target, source)
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                    raise _mismatch(source, exc) from None
-            return
+            records.append(record)
+            if len(records) == batch_rows:
+                yield _records_batch(records, target, source)
+                records = []
+    except ijson.JSONError as exc:
+        raise ConnectorError(source, "schema_mismatch", f"not valid JSON: {str(exc).splitlines()[0]}") from None
+    if records:
+        yield _records_batch(records, target, source)
+
+
+def _records_batch(records: list[dict[str, Any]], target: pa.Schema, source: str) -> pa.RecordBatch:
+    try:
+        return _from_records(records, target, source)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise _mismatch(source, exc) from None
+
+
+def _lines_batches(stream: Any, source: str, target: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    # JSON has no dates: they are read as the strings they are, then cast like CSV values.
+    parsed = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_temporal(f.type) else f for f in target])
+    options = pajson.ParseOptions(explicit_schema=parsed, unexpected_field_behavior="ignore")
+    for block in _line_blocks(stream, max(1 << 20, batch_rows * 64)):
         try:
-            reader = pajson.open_json(spool, parse_options=pajson.ParseOptions(explicit_schema=target,
-                                                                               unexpected_field_behavior="ignore"))
-            for batch in reader:
-                yield from _rebatch(batch.select(list(columns)), batch_rows)
+            table = pajson.read_json(pa.BufferReader(block), parse_options=options)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise _mismatch(source, exc) from None
+        for batch in table.select(list(target.names)).to_batches():
+            yield from _rebatch(conform(batch, target, source), batch_rows)
+
+
+def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:
+    """Whole lines, about `block_bytes` at a time (more when one line is longer than that)."""
+    pending = b""
+    while chunk := stream.read(block_bytes):
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending.strip():
+        yield pending
 
 
 def _from_records(records: list[dict[str, Any]], target: pa.Schema, source: str) -> pa.RecordBatch:

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 
 from catalog.model import Column, GeneralisationHint
 from catalog.vocab import ColumnRole, ColumnType, Generalisation
-from connectors.base import ARROW_TYPES, Scan
+from connectors.base import ARROW_TYPES, DataError, Scan
 
 """Returns a fresh iterator over the source each time it is called (one call per pass)."""
 
@@ -362,7 +362,8 @@ def _apply(
             out += result.num_rows
             yield result
     if seen != records_in or out != records_out:
-        raise RuntimeError(
+        raise DataError(
+            "source_changed",
             f"the source changed between the two passes ({records_in} then {seen} records, "
             f"{records_out} expected out, {out} produced): the view is not k-anonymous, discard it"
         )

@@ -21,10 +21,11 @@ import pyarrow as pa
 
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import ChunkReader, batches_for, csv_probe
+from connectors.formats import ChunkReader, batches_for, text_probe
 from connectors.location import HttpLocation
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+HEAD_BYTES = 64 * 1024
 
 
 class HttpConnector:
@@ -55,19 +56,36 @@ class HttpConnector:
         return httpx.Client(timeout=TIMEOUT, follow_redirects=False, headers={"Accept-Encoding": "gzip"})
 
     def probe(self) -> Probe:
+        """Reachability, and for CSV and JSON the schema and row estimate of the first 64 KiB.
+
+        Parquet keeps its schema in a footer at the end of the file, which a plain GET reaches
+        only after downloading all of it: for Parquet over HTTP the declared schema is returned
+        unchecked and the rows are unknown (a scan checks the schema)."""
         self._check_address()
         try:
             with self._client() as client, client.stream("GET", self.location.url) as response:
                 if response.status_code != 200:
                     raise self._fail(response)
-                length = response.headers.get("content-length")
-                head = next(response.iter_bytes(), b"")
+                head, complete = _head(response)
+                total = self._total_bytes(response, head, complete)
         except httpx.HTTPError as exc:
             raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", "the response is empty")
-        estimate = csv_probe(head, int(length)).rows if length and self.location.format == "csv" else None
-        return Probe(self.declared, estimate)
+        if self.location.format == "parquet":
+            return Probe(self.declared, None)
+        return text_probe(self.location.format, head, total, self.declared)
+
+    @staticmethod
+    def _total_bytes(response: httpx.Response, head: bytes, complete: bool) -> int | None:
+        """The body's size: known when it all came in the head, or from Content-Length unless
+        the body is compressed (the length is then that of the compressed bytes)."""
+        if complete:
+            return len(head)
+        length = response.headers.get("content-length")
+        if not length or not length.isdigit() or response.headers.get("content-encoding", "identity") != "identity":
+            return None
+        return int(length)
 
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         chosen = check_columns(self.source_id, columns, self.declared.names)
@@ -95,3 +113,8 @@ class HttpConnector:
             yield from batches_for("parquet", spool, self.source_id, self.declared, columns, batch_rows)
 
 
+def _head(response: httpx.Response, size: int = HEAD_BYTES) -> tuple[bytes, bool]:
+    """The first `size` bytes of the body, and whether that is all of it."""
+    chunks = response.iter_bytes(size)
+    head = next(chunks, b"")
+    return head, next(chunks, None) is None

@@ -9,13 +9,14 @@ format's extension, read in lexical order as one source: that is how Spark, Duck
 leave partitioned exports (`part-00000.parquet`, ... beside `_SUCCESS`).
 
 Nothing here reads an object whole. `probe` lists objects and reads Parquet footers or the
-first 64 KiB of a CSV; `scan` reads Parquet through a random-access file one row group at a
-time (one coalesced ranged GET each), and CSV/JSON as streams.
+first 64 KiB of a CSV or JSON object; `scan` reads Parquet through a random-access file one row
+group at a time (one coalesced ranged GET each), and CSV/JSON as streams.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -23,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, csv_probe
+from connectors.formats import batches_for, text_probe
 from connectors.location import S3Location
 from controller.config import S3Credentials
 
@@ -33,6 +34,23 @@ REQUEST_TIMEOUT = 10.0
 # Two attempts: a lost packet is retried once, a dead endpoint is reported within about a second
 # instead of the several seconds of backoff the AWS SDK's default three-attempt policy takes.
 MAX_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long the S3 client may wait, so that a dead or silent warehouse fails a request
+    instead of hanging it: each attempt waits at most `connect_timeout` to connect and
+    `request_timeout` for an answer, and there are `max_attempts` attempts."""
+
+    connect_timeout: float = CONNECT_TIMEOUT
+    request_timeout: float = REQUEST_TIMEOUT
+    max_attempts: int = MAX_ATTEMPTS
+
+    def __post_init__(self) -> None:
+        if not (0 < self.connect_timeout < float("inf") and 0 < self.request_timeout < float("inf")):
+            raise ValueError("S3 timeouts must be positive and finite")
+        if self.max_attempts < 1:
+            raise ValueError("S3 clients make at least one attempt")
 _HEAD_BYTES = 64 * 1024
 
 # How pyarrow (AWS SDK for C++ under it) words each failure, in its `AWS Error <CODE>` part or
@@ -41,6 +59,7 @@ _UNAUTHORISED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_M
                  "EXPIRED_TOKEN", "UNRECOGNIZED_CLIENT", "INVALID_CLIENT_TOKEN_ID", "AccessDenied",
                  "InvalidAccessKeyId", "SignatureDoesNotMatch", "HTTP status 401", "HTTP status 403")
 _NOT_FOUND = ("NO_SUCH_BUCKET", "NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NoSuchBucket", "NoSuchKey", "HTTP status 404")
+_TIMED_OUT = ("curlCode: 28", "REQUEST_TIMEOUT", "Timeout was reached", "timed out")
 _UNREACHABLE = ("NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "curlCode",
                 "Could not connect", "Couldn't resolve", "timed out", "Timeout")
 
@@ -60,8 +79,9 @@ def _endpoint_of(source_id: str, location: S3Location, credentials: S3Credential
 
 
 class S3Connector:
-    def __init__(self, source_id: str, location: S3Location, credentials: S3Credentials, declared: pa.Schema) -> None:
-        self.source_id, self.location, self.declared = source_id, location, declared
+    def __init__(self, source_id: str, location: S3Location, credentials: S3Credentials, declared: pa.Schema,
+                 limits: Limits = Limits()) -> None:
+        self.source_id, self.location, self.declared, self.limits = source_id, location, declared, limits
         self.credential_set = location.credentials or "default"
         endpoint = _endpoint_of(source_id, location, credentials)
         options: dict[str, object] = {}
@@ -76,8 +96,8 @@ class S3Connector:
             options.update(endpoint_override=url.netloc, scheme=url.scheme)
         self._fs = pafs.S3FileSystem(
             access_key=credentials.access_key, secret_key=credentials.secret_key, region=credentials.region,
-            connect_timeout=CONNECT_TIMEOUT, request_timeout=REQUEST_TIMEOUT,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS), **options)
+            connect_timeout=limits.connect_timeout, request_timeout=limits.request_timeout,
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=limits.max_attempts), **options)
         self.where = (f"s3://{location.bucket}/{location.key}" if location.key is not None
                       else f"s3://{location.bucket}/{location.prefix}*")
 
@@ -93,6 +113,12 @@ class S3Connector:
             return ConnectorError(self.source_id, "unauthorised",
                                   f"{self.endpoint} refused credential set '{self.credential_set}' for "
                                   f"{self.where} (wrong access key or secret key, or no permission): {first}")
+        if any(m in text for m in _TIMED_OUT):
+            limits = self.limits
+            return ConnectorError(self.source_id, "unreachable",
+                                  f"S3 endpoint {self.endpoint} did not answer within {limits.connect_timeout:g} s "
+                                  f"to connect and {limits.request_timeout:g} s to reply, in {limits.max_attempts} "
+                                  f"attempt(s): {first}")
         if any(m in text for m in _UNREACHABLE):
             return ConnectorError(self.source_id, "unreachable", f"cannot reach S3 endpoint {self.endpoint}: {first}")
         return ConnectorError(self.source_id, "unreachable", f"S3 endpoint {self.endpoint} failed: {first}")
@@ -159,9 +185,7 @@ class S3Connector:
                 head = handle.read(min(_HEAD_BYTES, objects[0].size))
         except OSError as exc:
             raise self._error(exc) from None
-        if self.location.format == "csv":
-            return self._probe_csv(head, objects)
-        return Probe(self.declared, None)
+        return self._probe_text(head, objects)
 
     def _probe_parquet(self, objects: list[pafs.FileInfo]) -> Probe:
         """Schema and exact row count from the footers: a few KiB per object."""
@@ -187,11 +211,12 @@ class S3Connector:
         assert schema is not None
         return Probe(schema, rows, exact=True)
 
-    def _probe_csv(self, head: bytes, objects: list[pafs.FileInfo]) -> Probe:
-        """Header of the first object; rows estimated from its first 64 KiB's bytes per line."""
+    def _probe_text(self, head: bytes, objects: list[pafs.FileInfo]) -> Probe:
+        """Schema from the first 64 KiB of the first object; rows estimated from their bytes
+        per line (CSV) or per record (JSON)."""
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", f"{objects[0].path}: the object holds only blank space")
-        return csv_probe(head, sum(o.size for o in objects), len(objects))
+        return text_probe(self.location.format, head, sum(o.size for o in objects), self.declared, len(objects))
 
     # -- scan -----------------------------------------------------------------------------
 

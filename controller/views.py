@@ -11,6 +11,7 @@ leaves nothing behind but an audit event saying why.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -25,12 +26,14 @@ import pyarrow.parquet as pq
 
 from catalog.model import SourceSpec
 from catalog.vocab import AccessMode, ColumnRole, ColumnType
-from connectors.base import Connector, ConnectorError
+from connectors.base import Connector, ConnectorError, DataError
 from connectors.pseudonyms import Pseudonymiser, project_key
 from controller.audit.canonical import canonical
 from controller.audit.log import Event
 from controller.errors import ApiError
 from controller.store import iso, utcnow
+
+log = logging.getLogger(__name__)
 
 DATA_FILE = "data.parquet"
 MANIFEST = "manifest.json"
@@ -123,6 +126,12 @@ def plan(spec: SourceSpec, request: ViewRequest, *, source_version: int, documen
         threshold = parameters["threshold"]
         if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
             raise _bad("parameters.threshold", "the threshold is a whole number of at least 1")
+        from connectors.aggregate import check_request
+
+        try:  # too many dimensions, a reserved output name: the request's fault, found before reading
+            check_request(dims, list(parameters["measures"]), threshold)
+        except ValueError as exc:
+            raise _bad("parameters.dimensions", str(exc)) from None
         columns = [*dims, *parameters["measures"]]
     if mode is AccessMode.synthetic:
         size = parameters.setdefault("size", spec.number_of_records or 1000)
@@ -145,23 +154,32 @@ def _counted(batches: Iterator[pa.RecordBatch], counter: dict[str, int]) -> Iter
 
 def transform(spec: SourceSpec, view: Mapping[str, Any], connector: Connector,
               master: bytes) -> tuple[Iterator[pa.RecordBatch], dict[str, Any]]:
-    """The mode's batches and the statistics its manifest reports (filled as batches flow)."""
+    """The mode's batches and the statistics its manifest reports (filled as batches flow).
+
+    `rows_in` counts the source's rows in every mode, on the first pass only (generalisation
+    reads the source twice). Modes that read the whole source before yielding (generalised,
+    aggregated, synthetic) refuse an empty source here, before anything is written.
+    """
     mode = AccessMode(view["mode"])
     params = view["parameters"]
     columns = view["columns"]
     stats: dict[str, Any] = {"rows_in": 0}
+    passes = 0
 
     def scan() -> Iterator[pa.RecordBatch]:
-        return connector.scan(columns, batch_rows=SCAN_ROWS)
+        nonlocal passes
+        passes += 1
+        batches = connector.scan(columns, batch_rows=SCAN_ROWS)
+        return _counted(batches, stats) if passes == 1 else batches
 
     if mode in (AccessMode.raw, AccessMode.minimised):
-        return _counted(scan(), stats), stats
+        return scan(), stats
     if mode is AccessMode.pseudonymised:
         pseudonymiser = Pseudonymiser(project_key(master, view["project"]))
         targets = set(params["pseudonymised"])
 
         def pseudonymised() -> Iterator[pa.RecordBatch]:
-            for batch in _counted(scan(), stats):
+            for batch in scan():
                 arrays = [pseudonymiser.array(batch.column(i)) if name in targets else batch.column(i)
                           for i, name in enumerate(batch.schema.names)]
                 yield pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
@@ -173,16 +191,37 @@ def transform(spec: SourceSpec, view: Mapping[str, Any], connector: Connector,
         from connectors.generalise import generalise
 
         batches, extra = generalise(scan, [by_name[c] for c in columns], k=params["k"], keep=columns)
+        _refuse_empty(spec.id, stats)
+        _refuse_all_suppressed(extra)
         return batches, _merge(stats, extra)
     if mode is AccessMode.aggregated:
         from connectors.aggregate import aggregate
 
         table, extra = aggregate(scan, params["dimensions"], params["measures"], threshold=params["threshold"])
+        _refuse_empty(spec.id, stats)
         return iter(table.to_batches()), _merge(stats, extra)
     from connectors.synthetic import synthesise
 
     batches, extra = synthesise(scan, [by_name[c] for c in columns], size=params["size"], seed=params["seed"])
+    _refuse_empty(spec.id, stats)  # a model fitted on nothing would publish rows of nulls
     return batches, _merge(stats, extra)
+
+
+def _refuse_empty(source_id: str, stats: Mapping[str, Any]) -> None:
+    if stats["rows_in"] == 0:
+        raise ConnectorError(source_id, "empty", "the source has no rows")
+
+
+def _refuse_all_suppressed(extra: Mapping[str, Any]) -> None:
+    """A generalised view in which k-anonymity suppressed every record is refused rather than
+    published empty: an empty file would look like an empty source, and the useful answer is
+    which k and quasi-identifiers left nothing, so that the grant can be changed."""
+    if extra["records_in"] and extra["records_out"] == 0:
+        qis = ", ".join(extra["quasi_identifiers"]) or "none (the whole source is one class)"
+        raise DataError("all_suppressed",
+                        f"k-anonymity with k={extra['k_requested']} suppresses all {extra['records_in']} records: "
+                        f"no combination of the quasi-identifiers ({qis}) is shared by {extra['k_requested']} "
+                        "records once generalised; ask for fewer quasi-identifiers or a smaller k")
 
 
 def _merge(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -210,8 +249,9 @@ def write_view(directory: Path, view: Mapping[str, Any], batches: Iterator[pa.Re
     finally:
         if writer is not None:
             writer.close()
-    if writer is None or stats.get("rows_in", stats.get("records_in", 1)) == 0 and rows == 0:
-        raise ConnectorError(source_id, "empty", "the source has no rows")
+    _refuse_empty(source_id, stats)
+    if writer is None:  # every transform yields at least one batch of a non-empty source
+        raise RuntimeError("the transform produced no batch, so the view has no schema")
     schema = pq.read_schema(path)
     manifest = {
         "view": view["view"], "source": view["source"], "source_version": view["source_version"],
@@ -276,8 +316,29 @@ def failed_event(actor: str, view: Mapping[str, Any], error: ConnectorError | Ap
     }, decision_id=view.get("decision_id"))
 
 
+def build_error(source_id: str, mode: str, exc: Exception) -> ConnectorError | ApiError:
+    """Any failure of a build as an error naming the source and the problem.
+
+    Warehouse problems keep their ConnectorError (answered as `warehouse_<code>`); content a
+    transform refuses is a 409 with the transform's code; anything else is our bug, logged
+    with its traceback and answered as a 500 that still names the source, never quoting the
+    exception's text (it may hold data values the caller may not see, e.g. in a synthetic view).
+    """
+    if isinstance(exc, (ConnectorError, ApiError)):
+        return exc
+    if isinstance(exc, DataError):
+        return ApiError(409, exc.code, f"source '{source_id}': {exc.message}", source=source_id)
+    log.error("building a %s view of source '%s' failed", mode, source_id, exc_info=exc)
+    return ApiError(500, "internal_error", f"source '{source_id}': building the {mode} view failed unexpectedly "
+                    f"({type(exc).__name__}); it has been logged", source=source_id)
+
+
 def materialise(platform: Any, actor: str, request: ViewRequest) -> tuple[dict[str, Any], bool]:
-    """Plan, build and record a view of a registered source; (manifest, created)."""
+    """Plan, build and record a view of a registered source; (manifest, created).
+
+    Whatever goes wrong once the plan is accepted (the warehouse, the content, a bug) appends a
+    `view.failed` event and leaves no view directory; the request checks before that change
+    nothing, as for any refused request."""
     from connectors.registry import open_connector
     from controller import sources
     from controller.home import master_secret
@@ -297,6 +358,9 @@ def materialise(platform: Any, actor: str, request: ViewRequest) -> tuple[dict[s
             lambda: transform(spec, view, connector, master_secret(home)), spec.id,
             on_built=lambda manifest: platform.audit.append(materialised_event(actor, manifest)),
         )
-    except ConnectorError as exc:
-        platform.audit.append(failed_event(actor, view, exc))
-        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, and recorded, the same way
+        error = build_error(spec.id, view["mode"], exc)
+        platform.audit.append(failed_event(actor, view, error))
+        if error is exc:
+            raise
+        raise error from exc

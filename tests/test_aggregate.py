@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from conftest import scan_of
 from catalog.synthetic import ANNUAIRE_CSV, IPS_CSVS, generate_pupils, load_schools
 from connectors.aggregate import MAX_DIMENSIONS, TOTAL, aggregate
+from connectors.base import DataError
 
 
 
@@ -160,8 +161,9 @@ def test_refusals() -> None:
     data = pa.table({"a": ["x"], "b": ["y"], "c": ["z"], "d": ["w"], "s": ["text"], "t": [TOTAL], "count": [1]})
     with pytest.raises(ValueError, match=f"at most {MAX_DIMENSIONS} dimensions"):
         aggregate(scan_of(data), ["a", "b", "c", "d"], [])
-    with pytest.raises(ValueError, match="'Total'"):
+    with pytest.raises(DataError, match="'Total'") as reserved:  # the data's doing, not the request's
         aggregate(scan_of(data), ["a", "t"], [])
+    assert reserved.value.code == "reserved_value"
     with pytest.raises(ValueError, match="not a number"):
         aggregate(scan_of(data), ["a"], ["s"])
     with pytest.raises(ValueError, match="threshold"):

@@ -113,6 +113,49 @@ def test_oversized_payload_is_refused(site: Site) -> None:
     assert site.counts() == before
 
 
+def test_oversized_streamed_payload_without_length_is_refused(site: Site) -> None:
+    """No Content-Length (chunked): the limit is enforced on the bytes as they arrive, the body
+    is not read to its end, and nothing is stored."""
+    import asyncio
+
+    import httpx
+
+    from controller.api.app import create_app
+
+    limit, chunk = site.platform.settings.max_body_bytes, 64 * 1024
+    total = limit // chunk + 20
+    sent: list[int] = []
+
+    async def body():
+        yield b'{"id": "eleves-synthetiques", "description": "'
+        for i in range(total):
+            sent.append(i)
+            yield b"x" * chunk
+        yield b'"}'
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(site.platform))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bulles.test") as client:
+            request = client.build_request("POST", "/api/v1/sources", content=body(),
+                                           headers=site.headers("alice", **{"Content-Type": "application/json"}))
+            assert "content-length" not in request.headers and request.headers["transfer-encoding"] == "chunked"
+            return await client.send(request)
+
+    before = site.counts()
+    answer = asyncio.run(run())
+    assert answer.status_code == 413 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"]["code"] == "payload_too_large"
+    assert str(limit) in answer.json()["error"]["message"]
+    assert len(sent) <= limit // chunk + 1 < total  # refused as soon as the limit was passed
+    assert site.counts() == before
+
+    # the same through the synchronous test client, with a plain generator
+    generated = site.client.post("/api/v1/sources", content=(b"x" * chunk for _ in range(total)),
+                                 headers=site.headers("alice", **{"Content-Type": "application/json"}))
+    assert generated.status_code == 413 and generated.json()["error"]["code"] == "payload_too_large"
+    assert site.counts() == before
+
+
 def test_duplicate_identifier_is_a_conflict(site: Site) -> None:
     assert post(site, example(PUPILS)).status_code == 201
     before = site.counts()
@@ -173,6 +216,38 @@ def test_update_bumps_the_version_and_honours_if_match(site: Site) -> None:
     assert site.client.get(f"/api/v1/sources/{PUPILS}").json()["spec"]["title"].endswith("(v2)")
 
 
+def test_updates_and_retirements_are_audited(site: Site) -> None:
+    post(site, example(PUPILS))
+    v1 = site.client.get(f"/api/v1/sources/{PUPILS}").json()
+    changed = example(PUPILS) | {"title": "Élèves synthétiques (v2)"}
+    assert site.client.put(f"/api/v1/sources/{PUPILS}", json=changed, headers=site.headers("alice")).status_code == 200
+    # refused changes leave no event
+    assert site.client.put(f"/api/v1/sources/{PUPILS}", json=changed, headers=site.headers("olivier")).status_code == 403
+    assert site.client.put(f"/api/v1/sources/{PUPILS}", json=changed,
+                           headers=site.headers("alice", **{"If-Match": "1"})).status_code == 412
+    assert site.client.post(f"/api/v1/sources/{PUPILS}/retire", json={"reason": "x"},
+                            headers=site.headers("olivier")).status_code == 403
+    retired = site.client.post(f"/api/v1/sources/{PUPILS}/retire", json={"reason": "superseded by the 2026 extract"},
+                               headers=site.headers("alice"))
+    assert retired.status_code == 200
+    assert site.client.post(f"/api/v1/sources/{PUPILS}/retire", json={"reason": "again"},
+                            headers=site.headers("alice")).status_code == 409
+
+    events = site.client.get("/api/v1/audit/events", params={"subject_type": "source", "subject_id": PUPILS},
+                             headers=site.headers("david")).json()["items"]
+    assert [(e["action"], e["actor"]) for e in events] == [
+        ("source.registered", "user:alice"), ("source.updated", "user:alice"), ("source.retired", "user:alice")]
+    registered, updated, retire = (e["details"] for e in events)
+    assert updated == {"publisher": "demo-rennes", "sensitivity": "personal", "version": 2,
+                       "document_sha256": updated["document_sha256"]}
+    assert len(updated["document_sha256"]) == 64 and updated["document_sha256"] != registered["document_sha256"]
+    assert registered["version"] == v1["version"] == 1
+    assert retire == {"publisher": "demo-rennes", "reason": "superseded by the 2026 extract", "version": 2}
+    only = site.client.get("/api/v1/audit/events", params={"action": "source.updated"},
+                           headers=site.headers("david")).json()["items"]
+    assert [e["subject"]["id"] for e in only] == [PUPILS]
+
+
 def test_retired_sources_are_kept_hidden_by_default_and_frozen(site: Site) -> None:
     post(site, example(PUPILS))
     post(site, example(IPS))
@@ -213,6 +288,24 @@ def test_search_folds_accents_ranks_titles_first_and_filters(site: Site) -> None
     assert page["total"] == 5 and len(page["items"]) == 2
     assert site.client.get("/api/v1/sources", params={"sensitivity": "secret"}).status_code == 422
     assert site.client.get("/api/v1/sources", params={"limit": 0}).status_code == 422
+
+
+def test_search_by_publisher_returns_exactly_that_organisations_sources(site: Site) -> None:
+    assert post(site, example(PUPILS)).status_code == 201
+    assert post(site, example(IPS)).status_code == 201
+    theirs = example(IPS) | {"id": "ips-colleges-autre-academie", "publisher": "autre-academie"}
+    created = post(site, theirs, user="olivier")
+    assert created.status_code == 201, created.text
+    other = site.client.get("/api/v1/sources", params={"publisher": "autre-academie"}).json()
+    assert other["total"] == 1 and [i["id"] for i in other["items"]] == ["ips-colleges-autre-academie"]
+    ours = site.client.get("/api/v1/sources", params={"publisher": "demo-rennes"}).json()
+    assert ours["total"] == 2 and {i["id"] for i in ours["items"]} == {PUPILS, IPS}
+    # combined with the text query: both IPS sources match "position sociale", one per publisher
+    both = site.client.get("/api/v1/sources", params={"q": "position sociale"}).json()
+    assert {i["id"] for i in both["items"]} == {IPS, "ips-colleges-autre-academie"}
+    one = site.client.get("/api/v1/sources", params={"q": "position sociale", "publisher": "autre-academie"}).json()
+    assert [i["id"] for i in one["items"]] == ["ips-colleges-autre-academie"]
+    assert site.client.get("/api/v1/sources", params={"publisher": "nobody"}).json()["total"] == 0
 
 
 def test_system_endpoints(site: Site) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +18,7 @@ import pytest
 from catalog.model import SourceSpec
 from catalog.synthetic import build_demo_pupils
 from connectors.base import ConnectorError
+from connectors.formats import json_batches
 from connectors.registry import open_connector
 from conftest import ROOT, example, free_port
 from controller.config import load_settings
@@ -151,8 +154,6 @@ EXPORTS = "/api/explore/v2.1/catalog/datasets/fr-en-ips-colleges-ap2022/exports"
 
 @pytest.fixture(scope="module")
 def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
-    import json
-
     import pyarrow.csv as pacsv
 
     csv = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes()
@@ -169,6 +170,8 @@ def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]
         f"{EXPORTS}/json": (json.dumps(records).encode(), "application/json"),
         f"{EXPORTS}/jsonl": ("\n".join(json.dumps(r) for r in records).encode(), "application/jsonl"),
         "/empty.csv": (b"", "text/csv"),
+        "/without-ips.json": (json.dumps([{k: v for k, v in r.items() if k != "IPS"} for r in records]).encode(),
+                              "application/json"),
     })
     yield server
     server.close()
@@ -182,6 +185,37 @@ def test_http_reads_opendatasoft_exports(http_files: FileServer, settings, fmt: 
     assert table.num_rows == rows
     assert table.column("Code du département")[0].as_py() == "001"
     assert table.schema.field("IPS").type == pa.float64()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
+def test_http_probe_reports_the_schema_found_in_the_first_rows(http_files: FileServer, settings, fmt: str) -> None:
+    spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": f"{http_files.base}{EXPORTS}/{fmt}",
+                                                  "format": "json" if fmt == "jsonl" else fmt})
+    probe = open_connector(spec, settings).probe()
+    assert probe.schema.names == [c.name for c in spec.schema_]
+    assert probe.schema.field("Code du département").type == pa.string()  # '001', declared a string
+    assert probe.schema.field("IPS").type == pa.float64()
+    assert probe.rows is not None and abs(probe.rows - (6973 if fmt == "csv" else 500)) <= 0.2 * (
+        6973 if fmt == "csv" else 500)
+
+
+def test_http_probe_shows_a_declared_column_the_data_lacks(http_files: FileServer, settings) -> None:
+    spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": f"{http_files.base}/without-ips.json",
+                                                  "format": "json"})
+    probe = open_connector(spec, settings).probe()
+    assert "IPS" not in probe.schema.names and "UAI" in probe.schema.names
+    with pytest.raises(ConnectorError) as caught:
+        list(open_connector(spec, settings).scan(["UAI", "IPS"]))
+    assert caught.value.code == "schema_mismatch" and "'IPS'" in caught.value.message
+
+
+def test_http_parquet_probe_checks_reachability_only(http_files: FileServer, settings) -> None:
+    """Its schema sits in a footer a plain GET reaches only after the whole file: the declared
+    schema is echoed and the rows are unknown (the README says so)."""
+    spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": f"{http_files.base}{EXPORTS}/parquet",
+                                                  "format": "parquet"})
+    probe = open_connector(spec, settings).probe()
+    assert probe.rows is None and probe.schema.names == [c.name for c in spec.schema_]
 
 
 def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
@@ -201,6 +235,68 @@ def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
     assert code(f"{http_files.base}{EXPORTS}/csv", strict) == "invalid_location"
     assert code("http://169.254.169.254/latest/meta-data", strict) == "invalid_location"
     assert len(http_files.hits) == hits  # refused before any request
+
+
+# -- json ------------------------------------------------------------------------------------
+class CountingStream:
+    """A non-seekable byte stream that remembers how far it has been read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.position = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else min(len(self.data), self.position + size)
+        chunk, self.position = self.data[self.position:end], end
+        return chunk
+
+    def seekable(self) -> bool:
+        return False
+
+
+JSON_DECLARED = pa.schema([("uai", pa.string()), ("ips", pa.float64()), ("day", pa.date32()), ("n", pa.int64())])
+
+
+def json_source(shape: str, rows: int) -> bytes:
+    records = [{"uai": f"{i:07d}A", "ips": i / 10, "day": "2023-09-04", "n": i, "extra": "x"} for i in range(rows)]
+    if shape == "array":  # as Opendatasoft's exports/json, with a BOM and white space
+        return b"\xef\xbb\xbf \n" + json.dumps(records, indent=1).encode()
+    return "\n".join(json.dumps(r) for r in records).encode() + b"\n"
+
+
+@pytest.mark.parametrize("shape", ["array", "lines"])
+def test_json_is_streamed_batch_by_batch(shape: str) -> None:
+    """Each batch comes out having read only a little past it: memory follows the batch, not
+    the source. Checked by how far the stream had been read when each batch came out."""
+    rows = 200_000
+    stream = CountingStream(json_source(shape, rows))
+    read_at: list[int] = []
+    total = 0
+    for batch in json_batches(stream, "s", JSON_DECLARED, ["uai", "day", "n"], 1000):
+        read_at.append(stream.position)
+        assert batch.num_rows <= 1000 and batch.schema.names == ["uai", "day", "n"]
+        total += batch.num_rows
+    assert total == rows
+    assert read_at[0] < len(stream.data) / 10, (read_at[0], len(stream.data))
+    assert len(set(read_at)) > 5  # reading went on between batches, not all at once
+
+
+@pytest.mark.parametrize("shape", ["array", "lines"])
+def test_json_values_are_typed_as_declared(shape: str) -> None:
+    table = pa.Table.from_batches(list(json_batches(CountingStream(json_source(shape, 3)), "s", JSON_DECLARED,
+                                                    ["n", "day", "ips", "uai"], 2)))
+    assert table.schema == pa.schema([("n", pa.int64()), ("day", pa.date32()), ("ips", pa.float64()),
+                                      ("uai", pa.string())])
+    assert table.to_pylist()[2] == {"n": 2, "day": dt.date(2023, 9, 4), "ips": 0.2, "uai": "0000002A"}
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"", "empty"), (b"  \n", "empty"), (b"[1, 2]", "schema_mismatch"), (b'[{"n": 1},', "schema_mismatch"),
+    (b'{"n": "many"}\n', "schema_mismatch"), (b'[{"n": "many"}]', "schema_mismatch"),
+])
+def test_bad_json_names_the_source_and_the_problem(body: bytes, code: str) -> None:
+    with pytest.raises(ConnectorError) as caught:
+        list(json_batches(CountingStream(body), "a-source", JSON_DECLARED, ["n"], 10))
+    assert caught.value.code == code and caught.value.source == "a-source"
 
 
 # -- postgresql -----------------------------------------------------------------------------

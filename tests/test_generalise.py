@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import scan_of
-from connectors.base import Scan
+from connectors.base import DataError, Scan
 from catalog.model import Column, SourceSpec
 from catalog.synthetic import ANNUAIRE_CSV, IPS_CSVS, generate_pupils, load_schools
 from connectors.generalise import generalise, generalised_schema
@@ -159,8 +159,9 @@ def test_a_source_that_changes_between_passes_is_refused() -> None:
         return iter(next(tables).to_batches())
 
     batches, _ = generalise(scan, [col("q", "string", role="quasi_identifier")], k=2, keep=["q"])
-    with pytest.raises(RuntimeError, match="changed between the two passes"):
+    with pytest.raises(DataError, match="changed between the two passes") as changed:
         list(batches)
+    assert changed.value.code == "source_changed"
 
 
 def test_bad_arguments() -> None:
