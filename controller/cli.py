@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -30,8 +31,9 @@ view_app = typer.Typer(help="Views of sources (local administration)", no_args_i
 policy_app = typer.Typer(help="The Rego policies", no_args_is_help=True)
 project_app = typer.Typer(help="Projects, through the API", no_args_is_help=True)
 bubble_app = typer.Typer(help="Bubbles, through the API", no_args_is_help=True)
+export_app = typer.Typer(help="Exports from bubbles (the airlock), through the API; verify offline", no_args_is_help=True)
 for sub, name in ((user_app, "user"), (org_app, "org"), (source_app, "source"), (catalog_app, "catalog"),
-                  (audit_app, "audit"), (view_app, "view"), (policy_app, "policy"), (project_app, "project"),
+                  (audit_app, "audit"), (view_app, "view"), (policy_app, "policy"), (project_app, "project"), (export_app, "export"),
                   (bubble_app, "bubble")):
     app.add_typer(sub, name=name)
 
@@ -510,6 +512,117 @@ def bubble_delete(bubble_id: str, url: UrlOpt = "http://127.0.0.1:8000", token: 
         client.timeout = httpx.Timeout(120)
         deleted = _check(client.delete(f"/api/v1/bubbles/{bubble_id}"))
     console.print(f"bubble {deleted['id']} {deleted['state']}")
+
+
+
+def _show_export(request: dict) -> None:
+    summary = request["summary"]
+    console.print(f"export {request['id']} {request['state']} (round {request['round']}): "
+                  f"{len(request['files'])} file(s); findings: {summary['fail']} fail, {summary['review']} review, "
+                  f"{summary['pass']} pass")
+    for reason in request["decision"].get("reasons", []):
+        console.print(f"  {reason}")
+    for f in request["findings"]:
+        if f["severity"] != "pass":
+            console.print(f"  [{f['severity']}] {f['file']}: {f['check']}: {f['message']}")
+
+
+@export_app.command("request")
+def export_request(bubble_id: str, paths: Annotated[list[str], typer.Argument(help="Files or folders of the outbox")],
+                   justification: Annotated[str, typer.Option("--justification", "-j")],
+                   url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "",
+                   wait: Annotated[float, typer.Option(help="Seconds to wait for the checks; 0: do not wait")] = 60) -> None:
+    """Ask to export files of a bubble's outbox; print the outcome of the automated checks."""
+    with _api(url, token) as client:
+        client.timeout = httpx.Timeout(300)
+        request = _check(client.post("/api/v1/exports", json={"bubble": bubble_id, "paths": paths,
+                                                              "justification": justification}))
+        deadline = time.monotonic() + wait
+        while request["state"] in ("submitted", "checking", "resubmitted") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            request = _check(client.get(f"/api/v1/exports/{request['id']}"))
+    _show_export(request)
+
+
+@export_app.command("list")
+def export_list(url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "",
+                state: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Export requests the caller may see (reviewers: those waiting for them with --state in_review)."""
+    with _api(url, token) as client:
+        found = _check(client.get("/api/v1/exports", params={"state": state} if state else None))
+    table = Table("id", "project", "requester", "state", "files", "reviewers", "votes")
+    for r in found:
+        table.add_row(r["id"], r["project"], r["requester"], r["state"], str(len(r["files"])),
+                      str(r["decision"].get("reviewers", "")), str(r["votes_in"]))
+    console.print(table)
+
+
+@export_app.command("show")
+def export_show(request_id: str, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """One request: state, decision reasons and the findings that are not a pass."""
+    with _api(url, token) as client:
+        _show_export(_check(client.get(f"/api/v1/exports/{request_id}")))
+
+
+@export_app.command("vote")
+def export_vote(request_id: str, vote: Annotated[str, typer.Argument(help="approve, changes or refuse")],
+                comment: Annotated[str, typer.Option("--comment", "-m")] = "",
+                url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "") -> None:
+    """Review a request in review."""
+    with _api(url, token) as client:
+        _show_export(_check(client.post(f"/api/v1/exports/{request_id}/votes", json={"vote": vote, "comment": comment})))
+
+
+@export_app.command("download")
+def export_download(request_id: str, directory: Path, url: UrlOpt = "http://127.0.0.1:8000",
+                    token: TokenOpt = "") -> None:
+    """Write a released request's files and its signed manifest into DIRECTORY."""
+    from controller.releases import MANIFEST_NAME
+
+    with _api(url, token) as client:
+        manifest = _check(client.get(f"/api/v1/exports/{request_id}/manifest"))
+        for entry in manifest["files"]:
+            target = directory / entry["path"]
+            if not target.resolve().is_relative_to(directory.resolve()):
+                fail(f"refusing to write outside {directory}: {entry['path']}")
+                raise typer.Exit(1)
+            response = client.get(f"/api/v1/exports/{request_id}/files/{entry['path']}")
+            if response.status_code != 200:
+                _check(response)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(response.content)
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    console.print(f"{len(manifest['files'])} file(s) and {MANIFEST_NAME} written to {directory}")
+
+
+@export_app.command("verify")
+def export_verify(manifest_file: Path,
+                  public_key: Annotated[Optional[Path], typer.Option("--public-key", help="The site's signing.pub; "
+                                                                     "the home's by default")] = None,
+                  files: Annotated[Optional[Path], typer.Option("--files", help="Where the released files are; "
+                                                                "beside the manifest by default")] = None,
+                  home: HomeOpt = None) -> None:
+    """Check a release manifest's signature and every file it lists; exit 1 naming each problem."""
+    from controller.home import SIGNING_PUB, load_public_key
+    from controller.releases import verify
+
+    try:
+        document = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {manifest_file}: {exc}")
+        raise typer.Exit(2) from None
+    key_path = public_key or (_settings(home).home / SIGNING_PUB)
+    try:
+        key = load_public_key(key_path)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the public key {key_path}: {exc}")
+        raise typer.Exit(2) from None
+    problems = verify(document, key, files or manifest_file.parent)
+    for problem in problems:
+        fail(problem)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"release {document['release']} verified: signature and {len(document['files'])} file(s)")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
                              description="The Python environment bubbles run (built from bubble_images/)")
     bubbles_per_project: int = Field(1, ge=1, le=100, description="Bubbles a project may have provisioning or running")
     bubble_start_timeout: float = Field(90.0, gt=0, description="Seconds a sandbox has to answer before it is failed")
+    export_max_files: int = Field(1000, ge=1, le=100_000, description="Files one export request may take")
     reconcile_seconds: float = Field(30.0, ge=0, description="How often expiry and sandboxes are checked; 0: never")
 
     @classmethod

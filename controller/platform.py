@@ -36,6 +36,7 @@ class Platform:
         self.policy: Engine | None = None
         self.bubbles = None  # controller.bubbles.Bubbles once started, when a runtime can run here
         self.bubbles_unavailable: str | None = None
+        self.exports = None  # controller.exports.Exports once started
         self._logged_revision: str | None = None
 
     def _policy_event(self, action: str, details: dict) -> None:
@@ -66,6 +67,10 @@ class Platform:
             self.audit.close()
             raise
         self._start_bubbles()
+        from controller.exports import Exports
+
+        self.exports = Exports(self)
+        self.exports.start()  # requests a crash left unchecked are checked again
         return self
 
     def _start_bubbles(self) -> None:
@@ -87,6 +92,8 @@ class Platform:
         self.bubbles.start(self.settings.reconcile_seconds)
 
     def close(self) -> None:
+        if self.exports is not None:
+            self.exports.close()
         if self.bubbles is not None:
             self.bubbles.close()  # the sandboxes keep running: the next start adopts them
         if self.policy is not None:

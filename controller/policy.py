@@ -33,7 +33,7 @@ POLICY_ERROR = "policy_error"
 DENY_SHAPES: dict[str, dict[str, Any]] = {
     "access": {"status": "denied", "mode": None, "parameters": {}, "expiry": None, "reviewers": [], "notify": []},
     "bubble": {"allowed": False},
-    "export": {"action": "refuse", "reviewers": 0},
+    "export": {"action": "refuse", "reviewers": 0, "organisations": []},
 }
 
 

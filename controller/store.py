@@ -228,6 +228,31 @@ class Bubble(Base):
     ended_at: Mapped[str | None] = mapped_column(String(32))
 
 
+class ExportRequest(Base):
+    """A request to take files out of a bubble, through checks, policy and review (controller.exports)."""
+
+    __tablename__ = "export_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    bubble_id: Mapped[str] = mapped_column(ForeignKey("bubbles.id"), index=True)
+    requester: Mapped[str] = mapped_column(String(64), index=True)
+    justification: Mapped[str] = mapped_column(Text)
+    paths: Mapped[list[str]] = mapped_column(JSON, doc="what was asked for, files or folders of the outbox")
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    files: Mapped[list[str]] = mapped_column(JSON, doc="[{path, size, sha256, stored, type}] of this round")
+    findings: Mapped[list[str]] = mapped_column(JSON)
+    decision_id: Mapped[str | None] = mapped_column(ForeignKey("decisions.id"))
+    decision: Mapped[dict[str, Any]] = mapped_column(JSON, doc="{action, reviewers, organisations, reasons, revision}")
+    votes: Mapped[list[str]] = mapped_column(JSON, doc="[{round, reviewer, organisation, vote, comment, at}]")
+    history: Mapped[list[str]] = mapped_column(JSON, doc="[{state, at, by, note}]")
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[str] = mapped_column(String(32))
+    released_at: Mapped[str | None] = mapped_column(String(32))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the single writer; FULL makes each commit survive power loss.
     # isolation_level=None hands transaction control to SQLAlchemy so SAVEPOINTs work.

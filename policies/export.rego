@@ -1,9 +1,11 @@
 # Export decisions: what may leave a bubble, after the automated checks have run.
 #
-# Entry point: data.bulles.export.decision, defined for every input. First version: file
-# allow-list and size, check findings, the provenance of the bubble's data. Anything not
-# clearly safe goes to human review; reviewers are never the requester (the controller enforces
-# it, the reasons say it).
+# Entry point: data.bulles.export.decision, defined for every input: {action, reviewers,
+# organisations, reasons}. File allow-list and size, check findings, the provenance of the
+# bubble's data (each grant's sensitivity, access mode and publisher). Anything not clearly safe
+# goes to human review; reviewers are never the requester (the controller enforces it, the
+# reasons say it), and for the sensitivities listed in reviewers.export_provider the source's
+# provider organisation must be among them (`organisations`).
 #
 # As in access.rego, the decision is a function, decide(input, reference data), which the tests
 # call directly (regopy cannot run `with input as ...` tests on policies of this size), and
@@ -23,12 +25,15 @@ given := input
 default decision := {
 	"action": "refuse",
 	"reviewers": 0,
+	"organisations": [],
 	"reasons": ["policy_error: the export policy could not reach a decision; refused"],
 }
 
 decision := decide(given, reference)
 
 sensitivities := ["open", "internal", "personal", "sensitive"]
+
+personal_sensitivities := {"personal", "sensitive"}
 
 severities := {"fail", "review", "pass"}
 
@@ -37,16 +42,18 @@ severities := {"fail", "review", "pass"}
 decide(x, ref) := {
 	"action": action,
 	"reviewers": pick(action == "review", reviewer_count(n, s, provenance), 0),
+	"organisations": organisations,
 	"reasons": [r[1] | some r in sort([e | some e in entries])],
 } if {
 	s := settings(ref)
 	n := normalise(x)
 	refusals := refusals_of(n, s)
-	provenance := provenance_of(n)
+	provenance := provenance_of(n, s)
 	release_open := all_true([provenance.open_only, all_pass(n)])
-	release_tables := all_true([provenance.non_personal, all_pass(n), tables_checked(n, s)])
+	release_tables := all_true([provenance.no_row_level, all_pass(n), tables_checked(n, s)])
 	action := action_of(count(refusals) > 0, release_open, release_tables)
-	entries := pick(action == "refuse", refusals, notes(n, s, provenance, action, release_open))
+	organisations := pick(action == "review", providers_of(n, s), [])
+	entries := pick(action == "refuse", refusals, notes(n, s, provenance, action, release_open, organisations))
 }
 
 action_of(refuse, release_open, release_tables) := "refuse" if {
@@ -57,19 +64,69 @@ action_of(refuse, release_open, release_tables) := "refuse" if {
 	release_tables
 } else := "review"
 
-provenance_of(n) := {
+# Provenance is known when the grants are a list of known sensitivities and every grant whose
+# provider must review the export names that provider (a string `publisher`).
+provenance_of(n, s) := {
 	"known": known,
+	"listed": listed,
 	"open_only": all_true([known, every_grant_in(n.grants, {"open"})]),
-	"non_personal": all_true([known, every_grant_in(n.grants, {"open", "internal"})]),
-	"personal": [name |
-		some g in n.grants
-		is_object(g)
-		g.sensitivity in {"personal", "sensitive"}
-		name := concat("", ["'", as_text(g.source), "' (", g.sensitivity, ")"])
-	],
+	"no_row_level": all_true([known, count(row_level) == 0]),
+	"row_level": row_level,
+	"unpublished": unpublished,
 } if {
-	known := all_true([is_array(value_at(n.raw, "grants")), every_grant_in(n.grants, {s | some s in sensitivities})])
+	row_level := [name |
+		some g in n.grants
+		row_level_personal(g, s)
+		name := grant_label(g)
+	]
+	unpublished := [name |
+		some g in n.grants
+		needs_provider(g, s)
+		not text(g.publisher)
+		name := grant_label(g)
+	]
+	listed := all_true([is_array(value_at(n.raw, "grants")), every_grant_in(n.grants, {x | some x in sensitivities})])
+	known := all_true([listed, count(unpublished) == 0])
 }
+
+# Personal or sensitive data in a mode where rows still describe persons (anything but the
+# continuum's summary modes, a missing or unknown mode included).
+row_level_personal(g, s) if {
+	is_object(g)
+	g.sensitivity in personal_sensitivities
+	not summary_mode(g, s)
+}
+
+summary_mode(g, s) if {
+	is_string(g.mode)
+	g.mode in s.summary_modes
+}
+
+# A grant whose provider organisation must be among the export's reviewers.
+needs_provider(g, s) if {
+	is_object(g)
+	is_string(g.sensitivity)
+	g.sensitivity in s.export_provider
+}
+
+# The provider organisations that must review, sorted, each once.
+providers_of(n, s) := sort([o | some o in found]) if {
+	found := {o |
+		some g in n.grants
+		needs_provider(g, s)
+		text(g.publisher)
+		o := g.publisher
+	}
+} else := []
+
+grant_label(g) := concat("", [
+	"'", as_text(object.get(g, "source", "(unnamed)")), "' (",
+	as_text(g.sensitivity), ", ", mode_text(g), ")",
+])
+
+mode_text(g) := g.mode if {
+	text(g.mode)
+} else := "no mode"
 
 every_grant_in(grants, allowed) := true if {
 	every g in grants {
@@ -120,19 +177,33 @@ settings(ref) := {
 	"table_types": table_types,
 	"max_bytes": max_bytes,
 	"reviewers": reviewers,
+	"summary_modes": summary_modes,
+	"export_provider": export_provider,
 	"missing": [p[0] | some p in checks; p[1] == false],
 } if {
 	file_types := array_at(ref, ["exports", "file_types"])
 	table_types := array_at(ref, ["exports", "table_types"])
 	max_bytes := number_at(ref, ["exports", "max_file_bytes"])
 	reviewers := object_at(ref, ["reviewers", "export"])
+	summary_modes := array_at(ref, ["continuum", "summary_modes"])
+	export_provider := array_at(ref, ["reviewers", "export_provider"])
 	checks := [
 		["exports.file_types", count(file_types) > 0],
 		["exports.table_types", count(table_types) > 0],
 		["exports.max_file_bytes", max_bytes != null],
 		["reviewers.export", every_number(reviewers, sensitivities)],
+		["continuum.summary_modes", count(summary_modes) > 0],
+		["reviewers.export_provider", sensitivity_list(object.get(ref, ["reviewers", "export_provider"], null))],
 	]
 }
+
+# A list (possibly empty) of known sensitivities.
+sensitivity_list(x) := true if {
+	is_array(x)
+	every v in x {
+		v in sensitivities
+	}
+} else := false
 
 every_number(o, keys) := true if {
 	every key in keys {
@@ -291,12 +362,12 @@ refusals_of(n, s) := union({
 
 # ------------------------------------------------------------------ reasons for release or review
 
-notes(n, s, provenance, action, release_open) := union({
+notes(n, s, provenance, action, release_open, organisations) := union({
 	{["10", "open_data_only: every source of the bubble is open data and no check found anything; released"] |
 		action == "release"
 		release_open
 	},
-	{["10", "tables_passed: every file is a table that passed every check, and no source holds personal data; released"] |
+	{["10", "tables_passed: every file is a table that passed every check, and no source gives row-level personal data; released"] |
 		action == "release"
 		not release_open
 	},
@@ -306,12 +377,22 @@ notes(n, s, provenance, action, release_open) := union({
 	},
 	{["11", t] |
 		action == "review"
-		count(provenance.personal) > 0
-		t := concat("", ["personal_data_review: the bubble holds data from ", concat(", ", provenance.personal)])
+		count(provenance.row_level) > 0
+		t := concat("", ["personal_data_review: the bubble holds row-level personal data from ", concat(", ", provenance.row_level)])
 	},
 	{["11", "unknown_sources: the grants are missing or name an unknown sensitivity; treated as sensitive"] |
 		action == "review"
-		not provenance.known
+		not provenance.listed
+	},
+	{["11", t] |
+		action == "review"
+		some name in provenance.unpublished
+		t := concat("", ["unknown_sources: grant ", name, " names no publisher, whose organisation must review; treated as sensitive"])
+	},
+	{["11", t] |
+		action == "review"
+		some o in organisations
+		t := concat("", ["provider_review: organisation '", o, "' must be among the reviewers"])
 	},
 	{["12", t] |
 		action == "review"
@@ -328,7 +409,7 @@ notes(n, s, provenance, action, release_open) := union({
 	},
 	{["13", t] |
 		action == "review"
-		provenance.non_personal
+		provenance.no_row_level
 		not provenance.open_only
 		some f in n.files
 		not lower(f.type) in s.table_types
@@ -336,7 +417,7 @@ notes(n, s, provenance, action, release_open) := union({
 	},
 	{["13", t] |
 		action == "review"
-		provenance.non_personal
+		provenance.no_row_level
 		not provenance.open_only
 		some f in n.files
 		lower(f.type) in s.table_types

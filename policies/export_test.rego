@@ -1,4 +1,4 @@
-# Tests of bulles.export (first version): allow-list, size, findings, provenance.
+# Tests of bulles.export: allow-list, size, findings, provenance (sensitivity, mode, publisher).
 package bulles.export_test
 
 import rego.v1
@@ -18,15 +18,18 @@ project := {
 	"members": [{"username": "bruno", "role": "owner"}, {"username": "carla", "role": "member"}],
 }
 
-open_grant := {"source": "fr-en-ips_ecoles", "sensitivity": "open", "mode": "raw"}
+open_grant := {"source": "fr-en-ips_ecoles", "sensitivity": "open", "mode": "raw", "publisher": "men-depp"}
 
-internal_grant := {"source": "personnels", "sensitivity": "internal", "mode": "minimised"}
+internal_grant := {"source": "personnels", "sensitivity": "internal", "mode": "minimised", "publisher": "demo-rennes"}
 
-personal_grant := {"source": "eleves-synthetiques", "sensitivity": "personal", "mode": "pseudonymised"}
+personal_grant := {"source": "eleves-synthetiques", "sensitivity": "personal", "mode": "pseudonymised", "publisher": "demo-rennes"}
 
-sensitive_grant := {"source": "pai-sante", "sensitivity": "sensitive", "mode": "aggregated"}
+sensitive_grant := {"source": "pai-sante", "sensitivity": "sensitive", "mode": "pseudonymised", "publisher": "demo-sante"}
 
-table := {"path": "outbox/absences.csv", "type": "csv", "size": 2048}
+# The same grant in another access mode.
+in_mode(g, m) := object.union(g, {"mode": m})
+
+table := {"path": "outbox/absences.csv", "type": "csv", "size": 2048, "sha256": "9f2c1e0b7a4d3c5e6f8a9b0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6"}
 
 figure := {"path": "outbox/figure.png", "type": "png", "size": 50000}
 
@@ -50,9 +53,10 @@ has_reason(d, code) if {
 }
 
 refused_for(d, code) if {
-	object.keys(d) == {"action", "reviewers", "reasons"}
+	object.keys(d) == {"action", "reviewers", "organisations", "reasons"}
 	d.action == "refuse"
 	d.reviewers == 0
+	d.organisations == []
 	has_reason(d, code)
 }
 
@@ -205,6 +209,7 @@ test_sensitive_outputs_two_reviewers if {
 	d := decide(i)
 	d.action == "review"
 	d.reviewers == 2
+	has_reason(d, "personal_data_review")
 }
 
 test_unknown_provenance_two_reviewers if {
@@ -235,4 +240,107 @@ test_reviewer_counts_come_from_reference_data if {
 	i := export_input([personal_grant], [table], [passed(table)])
 	d := export.decide(i, json.patch(reference, [{"op": "replace", "path": "/reviewers/export/personal", "value": 3}]))
 	d.reviewers == 3
+}
+
+# ------------------------------------------------------------------ access modes and providers
+
+test_passing_tables_with_an_aggregated_personal_grant_released if {
+	i := export_input([open_grant, in_mode(personal_grant, "aggregated")], [table], [passed(table)])
+	d := decide(i)
+	d.action == "release"
+	d.reviewers == 0
+	d.organisations == []
+	has_reason(d, "tables_passed")
+}
+
+test_passing_tables_with_a_synthetic_sensitive_grant_released if {
+	i := export_input([in_mode(sensitive_grant, "synthetic")], [table], [passed(table)])
+	d := decide(i)
+	d.action == "release"
+	has_reason(d, "tables_passed")
+}
+
+test_passing_tables_with_a_pseudonymised_personal_grant_two_reviewers if {
+	i := export_input([personal_grant], [table], [passed(table)])
+	d := decide(i)
+	object.keys(d) == {"action", "reviewers", "organisations", "reasons"}
+	d.action == "review"
+	d.reviewers == 2
+	d.organisations == []
+	has_reason(d, "personal_data_review")
+	not has_reason(d, "tables_passed")
+}
+
+test_personal_grant_without_a_mode_is_row_level if {
+	i := export_input([object.remove(personal_grant, ["mode"])], [table], [passed(table)])
+	d := decide(i)
+	d.action == "review"
+	has_reason(d, "personal_data_review")
+}
+
+test_aggregated_personal_figure_goes_to_review if {
+	i := export_input([in_mode(personal_grant, "aggregated")], [figure], [passed(figure)])
+	d := decide(i)
+	d.action == "review"
+	d.reviewers == 2
+	has_reason(d, "not_a_table")
+	not has_reason(d, "personal_data_review")
+}
+
+test_sensitive_sources_providers_must_review if {
+	other := {"source": "handicap", "sensitivity": "sensitive", "mode": "raw", "publisher": "cd35"}
+	i := export_input(
+		[personal_grant, sensitive_grant, other, in_mode(sensitive_grant, "aggregated")],
+		[table], [passed(table)],
+	)
+	d := decide(i)
+	d.action == "review"
+	d.reviewers == 2
+	d.organisations == ["cd35", "demo-sante"]
+	has_reason(d, "provider_review")
+	"provider_review: organisation 'cd35' must be among the reviewers" in d.reasons
+	"provider_review: organisation 'demo-sante' must be among the reviewers" in d.reasons
+}
+
+test_organisations_empty_on_release_and_refusal if {
+	released := decide(export_input([in_mode(sensitive_grant, "aggregated")], [table], [passed(table)]))
+	released.action == "release"
+	released.organisations == []
+	not has_reason(released, "provider_review")
+	refused := decide(export_input([sensitive_grant], [table], [failed(table)]))
+	refused_for(refused, "check_failed")
+	not has_reason(refused, "provider_review")
+}
+
+test_sensitive_grant_without_publisher_unknown_sources if {
+	anonymous := object.remove(in_mode(sensitive_grant, "aggregated"), ["publisher"])
+	i := export_input([anonymous], [table], [passed(table)])
+	d := decide(i)
+	d.action == "review"
+	d.reviewers == 2
+	d.organisations == []
+	has_reason(d, "unknown_sources")
+}
+
+test_sensitive_grant_with_a_non_string_publisher_unknown_sources if {
+	odd := object.union(sensitive_grant, {"publisher": 42})
+	i := export_input([odd, object.union(sensitive_grant, {"source": "pai-2", "publisher": "cd35"})], [table], [passed(table)])
+	d := decide(i)
+	d.action == "review"
+	d.organisations == ["cd35"]
+	has_reason(d, "unknown_sources")
+}
+
+test_provider_rule_comes_from_reference_data if {
+	i := export_input([personal_grant], [table], [passed(table)])
+	d := export.decide(i, json.patch(reference, [{"op": "replace", "path": "/reviewers/export_provider", "value": ["personal", "sensitive"]}]))
+	d.action == "review"
+	d.organisations == ["demo-rennes"]
+	has_reason(d, "provider_review")
+}
+
+test_missing_provider_rule_refused if {
+	i := export_input([open_grant], [table], [passed(table)])
+	d := export.decide(i, json.patch(reference, [{"op": "remove", "path": "/reviewers/export_provider"}]))
+	refused_for(d, "reference_data_missing")
 }

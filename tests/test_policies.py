@@ -259,20 +259,61 @@ def test_bubble_profiles(interpreter: Interpreter) -> None:
     assert ended["allowed"] is False and any(r.startswith("project_ended") for r in ended["reasons"])
 
 
+EXPORT_KEYS = {"action", "reviewers", "organisations", "reasons"}
+
+
+def export(interpreter: Interpreter, document: Any) -> dict[str, Any]:
+    decision = decide(interpreter, "export", document)
+    assert set(decision) == EXPORT_KEYS
+    if decision["action"] != "review":
+        assert decision["organisations"] == []
+    return decision
+
+
 def test_export_decisions(interpreter: Interpreter) -> None:
-    table = {"path": "outbox/absences_par_niveau.csv", "type": "csv", "size": 2048}
+    table = {"path": "outbox/absences_par_niveau.csv", "type": "csv", "size": 2048, "sha256": "ab" * 32}
     passed = [{"file": table["path"], "check": "min_cell_count", "severity": "pass"}]
     base = {"project": PROJECT, "requester": "bruno", "files": [table], "findings": passed}
-    open_grant = {"source": IPS["id"], "sensitivity": "open", "mode": "raw"}
-    personal = {"source": PUPILS["id"], "sensitivity": "personal", "mode": "pseudonymised"}
-    assert decide(interpreter, "export", {**base, "grants": [open_grant]})["action"] == "release"
-    reviewed = decide(interpreter, "export", {**base, "grants": [open_grant, personal]})
-    assert (reviewed["action"], reviewed["reviewers"]) == ("review", 2)
+    grant = lambda source, mode, sensitivity=None: {  # noqa: E731
+        "source": source["id"], "sensitivity": sensitivity or source["sensitivity"], "mode": mode,
+        "publisher": source["publisher"]}
+    open_grant, personal = grant(IPS, "raw"), grant(PUPILS, "pseudonymised")
+    assert export(interpreter, {**base, "grants": [open_grant]})["action"] == "release"
+    reviewed = export(interpreter, {**base, "grants": [open_grant, personal]})
+    assert (reviewed["action"], reviewed["reviewers"], reviewed["organisations"]) == ("review", 2, [])
     failed = [{"file": table["path"], "check": "min_cell_count", "severity": "fail"}]
-    assert decide(interpreter, "export", {**base, "grants": [open_grant], "findings": failed})["action"] == "refuse"
+    assert export(interpreter, {**base, "grants": [open_grant], "findings": failed})["action"] == "refuse"
     binary = {"path": "outbox/model.pkl", "type": "pkl", "size": 10}
-    assert decide(interpreter, "export", {**base, "grants": [open_grant], "files": [binary]})["action"] == "refuse"
-    assert decide(interpreter, "export", {**base, "grants": [open_grant], "files": []})["action"] == "refuse"
+    assert export(interpreter, {**base, "grants": [open_grant], "files": [binary]})["action"] == "refuse"
+    assert export(interpreter, {**base, "grants": [open_grant], "files": []})["action"] == "refuse"
+    for document in ({}, [], "let me out", None, {"project": "p", "grants": {}, "files": 3}):
+        assert export(interpreter, document)["action"] == "refuse"
+
+
+def test_export_of_tables_from_summary_modes_and_sensitive_sources(interpreter: Interpreter) -> None:
+    """A study of absences by level from the pupils' file: aggregated, the checked tables leave at
+    once; pseudonymised, two checkers review them; when the file is sensitive (disability plans),
+    its provider organisation must be among them, whatever the access mode, unless released."""
+    tables = [{"path": f"outbox/absences_{name}.csv", "type": "csv", "size": 4096} for name in ("niveau", "ips")]
+    checks = [{"file": t["path"], "check": check, "severity": "pass"} for t in tables
+              for check in ("min_cell_count", "dominance")]
+    base = {"project": PROJECT, "requester": "bruno", "files": tables, "findings": checks}
+    ips = {"source": IPS["id"], "sensitivity": "open", "mode": "raw", "publisher": IPS["publisher"]}
+    pupils = {"source": PUPILS["id"], "sensitivity": "personal", "mode": "aggregated", "publisher": PUPILS["publisher"]}
+    d = export(interpreter, {**base, "grants": [ips, pupils]})
+    assert (d["action"], d["reviewers"]) == ("release", 0) and codes(d) == {"tables_passed"}
+    d = export(interpreter, {**base, "grants": [ips, {**pupils, "mode": "pseudonymised"}]})
+    assert (d["action"], d["reviewers"], d["organisations"]) == ("review", 2, [])
+    assert codes(d) == {"review_required", "personal_data_review"}
+    sensitive = {**pupils, "sensitivity": "sensitive", "mode": "generalised"}
+    d = export(interpreter, {**base, "grants": [ips, sensitive]})
+    assert (d["action"], d["reviewers"], d["organisations"]) == ("review", 2, ["demo-rennes"])
+    assert "provider_review: organisation 'demo-rennes' must be among the reviewers" in d["reasons"]
+    figure = {"path": "outbox/absences.png", "type": "png", "size": 30000}
+    d = export(interpreter, {**base, "files": [*tables, figure], "grants": [ips, {**sensitive, "mode": "aggregated"}]})
+    assert (d["action"], d["organisations"]) == ("review", ["demo-rennes"]) and "not_a_table" in codes(d)
+    d = export(interpreter, {**base, "grants": [ips, {k: v for k, v in sensitive.items() if k != "publisher"}]})
+    assert (d["action"], d["reviewers"], d["organisations"]) == ("review", 2, []) and "unknown_sources" in codes(d)
 
 
 # -- broken policy text ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from catalog.model import SourceSpec
 from controller import errors
 from controller import gateway
-from controller.api import accounts, audit, bubbles, projects, sources, system, views
+from controller.api import accounts, audit, bubbles, exports, projects, sources, system, views
 from controller.metrics import MetricsMiddleware
 from controller.platform import Platform
 
@@ -74,7 +74,7 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     errors.install(app)
-    for module in (system, accounts, sources, projects, views, bubbles, audit):
+    for module in (system, accounts, sources, projects, views, bubbles, exports, audit):
         app.include_router(module.router)
     app.include_router(gateway.router)
     app.state.gate = gateway.Gate(platform)

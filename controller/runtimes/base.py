@@ -79,3 +79,6 @@ class Runtime(Protocol):
 
     def list(self) -> list[str]:
         """Bubbles this runtime holds anything for (running or not)."""
+
+    def outbox(self, bubble: str) -> Path:
+        """Where the controller reads a running bubble's outbox (the airlock copies from it)."""

@@ -95,6 +95,9 @@ class LocalRuntime:
             raise RuntimeFailure(f"not a bubble id: {bubble!r}")
         return Layout(self.root / bubble, self.sockets)
 
+    def outbox(self, bubble: str) -> Path:
+        return self.layout(bubble).home / "outbox"
+
     def _state(self, bubble: str) -> dict | None:
         try:
             return json.loads(self.layout(bubble).state.read_text())

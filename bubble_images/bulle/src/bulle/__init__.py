@@ -17,9 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["views", "manifest", "read", "outbox", "ViewNotFound"]
+__all__ = ["views", "manifest", "read", "outbox", "table", "ViewNotFound"]
 
 MANIFEST = "manifest.json"
+RECIPE_SUFFIX = ".bulle.json"
+RECIPE_FORMAT = "bulle-table/1"
 
 
 class ViewNotFound(LookupError):
@@ -64,11 +66,8 @@ def _view_dir(name: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read(name: str, *, pandas: bool = False, columns: list[str] | None = None) -> Any:
@@ -86,3 +85,46 @@ def read(name: str, *, pandas: bool = False, columns: list[str] | None = None) -
         tables.append(pq.read_table(path, columns=columns))
     table = pa.concat_tables(tables) if tables else pa.table({})
     return table.to_pandas() if pandas else table
+
+
+def table(view: str, dimensions: list[str], values: str | None = None, aggfunc: str = "count",
+          name: str | None = None) -> Any:
+    """A table of counts (or sums, or means of `values`) by `dimensions`, computed from one view,
+    written to the outbox as CSV with its recipe beside it.
+
+    The airlock recomputes such a table from the same view and so can check what a published
+    table hides: how many people are behind each cell and whether one or two of them dominate
+    it (NK, p-ratio). Every combination of the dimensions' levels is a row, empty ones included
+    (count 0), as disclosure control expects. Returns the table as a pandas DataFrame."""
+    if aggfunc not in ("count", "sum", "mean"):
+        raise ValueError(f"aggfunc must be count, sum or mean, not {aggfunc!r}")
+    if (values is None) != (aggfunc == "count"):
+        raise ValueError("give `values` for sum and mean, and none for count")
+    if not dimensions:
+        raise ValueError("give at least one dimension")
+    import pandas as pd
+
+    frame = read(view, pandas=True, columns=list(dimensions) + ([values] if values else []))
+    frame = frame.dropna(subset=list(dimensions))
+    grouped = frame.groupby(list(dimensions), dropna=True, observed=True)
+    column = "count" if aggfunc == "count" else f"{aggfunc}_{values}"
+    if aggfunc == "count":
+        result = grouped.size()
+    else:
+        result = getattr(grouped[values], aggfunc)()
+    levels = [sorted(frame[d].unique()) for d in dimensions]
+    if len(dimensions) == 1:
+        index = pd.Index(levels[0], name=dimensions[0])
+    else:
+        index = pd.MultiIndex.from_product(levels, names=list(dimensions))
+    result = result.reindex(index, fill_value=0 if aggfunc != "mean" else None)
+    out = result.rename(column).reset_index()
+    file_name = name or f"{view}_{'_'.join(dimensions)}_{column}.csv"
+    if not file_name.endswith(".csv") or "/" in file_name:
+        raise ValueError(f"name must be a file name ending in .csv, not {file_name!r}")
+    target = outbox() / file_name
+    out.to_csv(target, index=False)
+    recipe = {"format": RECIPE_FORMAT, "view": view, "dimensions": list(dimensions), "values": values,
+              "aggfunc": aggfunc, "column": column}
+    (outbox() / (file_name + RECIPE_SUFFIX)).write_text(json.dumps(recipe, indent=2))
+    return out

@@ -1,0 +1,372 @@
+"""The airlock end to end: outputs made in a real bubble, requested for export, checked,
+decided by the real `bulles.export` policy, reviewed, released with a signed manifest, verified
+and revoked — and every way of asking badly.
+
+Needs root and bubblewrap, like tests/test_bubbles.py, whose site and helpers it shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from controller import accounts
+from controller.cli import app as cli
+from controller.home import SIGNING_PUB
+from controller.releases import verify
+from controller.store import ExportRequest
+from test_bubbles import IPS, PUPILS, Kernel, Served, events, project, served  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local runtime needs root")
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(17)
+
+
+@pytest.fixture
+def airlock(served: Served) -> Served:
+    """One pupil with a huge number of absences (a dominated cell waiting to happen), reviewers,
+    and a project with two members, one of whom is also a reviewer."""
+    site = served.site
+    path = site.platform.settings.home / "warehouse" / "pupils.parquet"
+    table = pq.read_table(path)
+    absences = table.column("absences_half_days").to_pylist()
+    absences[0] = 100_000
+    import pyarrow as pa
+    table = table.set_column(table.schema.get_field_index("absences_half_days"), "absences_half_days",
+                             pa.array(absences, type=pa.int64()))
+    pq.write_table(table, path)
+    for user, roles in (("rita", ["reviewer"]), ("remi", ["reviewer"]), ("marc", ["researcher", "reviewer"])):
+        _, site.tokens[user] = accounts.add_user(site.platform, "test", user, roles, None)
+    project(served, "projet-x")
+    body = {"members": [{"username": "bruno", "role": "owner"}, {"username": "marc", "role": "member"}]}
+    assert served.http.patch("/api/v1/projects/projet-x", json=body, headers=served.headers("bruno")).status_code == 200
+    asked = served.http.post("/api/v1/projects/projet-x/access-requests", headers=served.headers("bruno"), json={
+        "source": PUPILS, "columns": ["ine", "sex", "level", "absences_half_days"], "justification": "Absentéisme"}).json()
+    assert served.http.post(f"/api/v1/access-requests/{asked['id']}/review", headers=served.headers("alice"),
+                            json={"verdict": "approve", "comment": "ok"}).status_code == 200
+    return served
+
+
+def bubble_of(served: Served, pid: str, user: str = "bruno") -> str:
+    answer = served.http.post("/api/v1/bubbles", json={"project": pid}, headers=served.headers(user))
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+def outbox(served: Served, bubble_id: str) -> Path:
+    return served.site.platform.bubbles.runtime.outbox(bubble_id)
+
+
+def ask(served: Served, bubble_id: str, paths: list[str], user: str = "bruno", wait: bool = True) -> dict:
+    answer = served.http.post("/api/v1/exports", headers=served.headers(user), json={
+        "bubble": bubble_id, "paths": paths, "justification": "Résultats de l'étude"})
+    assert answer.status_code == 202, answer.text
+    request = answer.json()
+    if wait:
+        served.site.platform.exports.wait(request["id"])
+        request = served.http.get(f"/api/v1/exports/{request['id']}", headers=served.headers(user)).json()
+    return request
+
+
+def checks(request: dict, severity: str | None = None) -> set[tuple[str, str]]:
+    return {(f["file"], f["check"]) for f in request["findings"] if severity is None or f["severity"] == severity}
+
+
+def test_outputs_made_in_a_bubble_are_checked_and_decided(airlock: Served) -> None:
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    kernel = Kernel(served, bubble)
+    try:
+        kernel.run(
+            "import bulle, pathlib\n"
+            "bulle.table('eleves-synthetiques', ['level'], name='par_niveau.csv')\n"
+            "bulle.table('eleves-synthetiques', ['sex'], values='absences_half_days', aggfunc='sum', name='absences.csv')\n"
+            "out = bulle.outbox()\n"
+            "(out / 'petit.csv').write_text('niveau,effectif\\n6e,25\\n5e,3\\n4e,40\\n')\n"
+            "bulle.read('eleves-synthetiques', pandas=True)[['ine', 'level']].to_csv(out / 'lignes.csv', index=False)\n"
+            f"(out / 'figure.png').write_bytes({PNG!r})\n"
+            "(out / 'model.pkl').write_bytes(b'\\x80\\x04K\\x01.')\n")
+    finally:
+        kernel.close()
+
+    safe = ask(served, bubble, ["par_niveau.csv", "figure.png"])
+    assert safe["state"] == "in_review", safe
+    assert [f["path"] for f in safe["files"]] == ["figure.png", "par_niveau.csv", "par_niveau.csv.bulle.json"]
+    assert safe["summary"]["fail"] == 0 and safe["summary"]["review"] == 0
+    assert ("par_niveau.csv", "sdc") in checks(safe, "pass")
+    assert safe["decision"]["reviewers"] == 2 and safe["decision"]["organisations"] == []
+    assert any(r.startswith("personal_data_review") for r in safe["decision"]["reasons"])
+
+    small = ask(served, bubble, ["petit.csv"])
+    assert small["state"] == "refused"
+    threshold = next(f for f in small["findings"] if f["check"] == "threshold")
+    assert threshold["cells"] == [[2, "effectif"]] and threshold["parameters"]["threshold"] == 10
+    assert any(r.startswith("check_failed") for r in small["decision"]["reasons"])
+
+    dominated = ask(served, bubble, ["absences.csv"])
+    assert dominated["state"] == "refused"
+    nk = next(f for f in dominated["findings"] if f["check"] == "dominance_nk")
+    assert nk["parameters"]["nk_k"] == 0.9 and nk["recipe"]["aggfunc"] == "sum" and nk["count"] == 1
+    assert ("absences.csv", "threshold") not in checks(dominated)  # 140+ pupils per cell: only dominance
+
+    rows = ask(served, bubble, ["lignes.csv"])
+    assert rows["state"] == "refused"
+    assert {("lignes.csv", "identifiers"), ("lignes.csv", "row_level")} <= checks(rows, "fail")
+    found = next(f for f in rows["findings"] if f["check"] == "identifiers")
+    assert "pseudonym" in found["message"] and found["count"] == 300
+
+    pickled = ask(served, bubble, ["model.pkl"])
+    assert pickled["state"] == "refused"
+    assert any(r.startswith("file_type_not_allowed") for r in pickled["decision"]["reasons"])
+
+    # the whole record is in the audit log, decision by decision
+    decided = {e["subject"]: e["details"]["action"] for e in events(served.site, "export.refused")}
+    assert decided == {small["id"]: "refuse", dominated["id"]: "refuse", rows["id"]: "refuse",
+                       pickled["id"]: "refuse"}
+    assert [e["subject"] for e in events(served.site, "export.in_review")] == [safe["id"]]
+
+
+def test_review_release_verify_and_revoke(airlock: Served, tmp_path: Path) -> None:
+    served, site = airlock, airlock.site
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    (box / "tables").mkdir()
+    original = b"niveau,effectif\n6e,25\n5e,31\n"
+    (box / "tables" / "effectifs.csv").write_bytes(original)
+    (box / "tables" / "notes.md").write_text("Effectifs par niveau, rentrée 2022.\n")
+    request = ask(served, bubble, ["tables"])
+    rid = request["id"]
+    assert request["state"] == "in_review" and len(request["files"]) == 2
+    # the outbox changes after the request: what is reviewed and released does not
+    (box / "tables" / "effectifs.csv").write_bytes(b"niveau,effectif\n6e,25\n5e,3\n")
+
+    def vote(user: str, choice: str, comment: str = "") -> dict:
+        answer = served.http.post(f"/api/v1/exports/{rid}/votes", headers=served.headers(user),
+                                  json={"vote": choice, "comment": comment})
+        return {"status": answer.status_code, **answer.json()}
+
+    assert vote("bruno", "approve")["error"]["code"] == "self_review"
+    assert vote("marc", "approve")["error"]["code"] == "member_review"
+    assert vote("zoe", "approve")["status"] == 404  # not a reviewer: does not learn the request exists
+    assert vote("rita", "refuse")["error"]["code"] == "validation_error"  # refusing needs a reason
+    # reviewers read the files while in review; the project does not yet
+    assert served.http.get(f"/api/v1/exports/{rid}/files/tables/effectifs.csv",
+                           headers=served.headers("chloe")).content == original
+    assert served.http.get(f"/api/v1/exports/{rid}/files/tables/effectifs.csv",
+                           headers=served.headers("bruno")).status_code == 403
+    first = vote("chloe", "approve")
+    assert first["state"] == "in_review" and first["votes_in"] == 1
+    seen_by_rita = served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("rita")).json()
+    assert seen_by_rita["votes"] == [] and seen_by_rita["votes_in"] == 1  # hidden until both are in
+    assert vote("chloe", "approve")["error"]["code"] == "already_voted"
+    second = vote("rita", "refuse", "les effectifs par niveau identifient une classe")
+    assert second["state"] == "in_review"  # disagreement: a third reviewer decides
+    assert {v["reviewer"] for v in second["votes"]} == {"chloe", "rita"}  # both in: visible to those who voted
+    third = vote("remi", "approve")
+    assert third["state"] == "released"
+
+    released = served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("bruno")).json()
+    assert [h["state"] for h in released["history"]] == ["submitted", "checking", "in_review", "released"]
+    got = served.http.get(f"/api/v1/exports/{rid}/files/tables/effectifs.csv", headers=served.headers("bruno"))
+    assert got.status_code == 200 and got.content == original
+    assert served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("zoe")).status_code == 404
+
+    manifest = served.http.get(f"/api/v1/exports/{rid}/manifest", headers=served.headers("bruno")).json()
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert [r["vote"] for r in manifest["reviews"]] == ["approve", "refuse", "approve"]
+    assert manifest["decision"]["action"] == "review" and manifest["rules"]["threshold"] == 10
+    assert manifest["decision"]["revision"] and manifest["findings"]
+
+    # the CLI downloads and verifies offline against the site's public key
+    runner = CliRunner()
+    url = f"http://127.0.0.1:{served.port}"
+    out = tmp_path / "release"
+    done = runner.invoke(cli, ["export", "download", rid, str(out), "--url", url, "--token", site.tokens["bruno"]])
+    assert done.exit_code == 0, done.output
+    pub = site.platform.settings.home / SIGNING_PUB
+    checked = runner.invoke(cli, ["export", "verify", str(out / "release-manifest.json"), "--public-key", str(pub)])
+    assert checked.exit_code == 0, checked.output
+    (out / "tables" / "effectifs.csv").write_bytes(b"niveau,effectif\n6e,25\n5e,3\n")
+    tampered = runner.invoke(cli, ["export", "verify", str(out / "release-manifest.json"), "--public-key", str(pub)])
+    assert tampered.exit_code == 1 and "tables/effectifs.csv: sha256" in tampered.output
+    forged = dict(manifest, requester="zoe")
+    assert any("signature" in p for p in verify(forged, site.platform.signing_key.public_key(), None))
+
+    # revocation: by a reviewer, with a reason; the files are no longer given
+    assert served.http.post(f"/api/v1/exports/{rid}/revoke", headers=served.headers("bruno"),
+                            json={"reason": "x"}).status_code == 403
+    revoked = served.http.post(f"/api/v1/exports/{rid}/revoke", headers=served.headers("rita"),
+                               json={"reason": "une classe de 31 élèves reste identifiable"})
+    assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+    assert served.http.get(f"/api/v1/exports/{rid}/files/tables/effectifs.csv",
+                           headers=served.headers("bruno")).status_code == 410
+    actions = [e["details"].get("vote") for e in events(site, "export.voted") if e["subject"] == rid]
+    assert actions == ["approve", "refuse", "approve"]
+    assert [e["subject"] for e in events(site, "export.revoked")] == [rid]
+    assert len([e for e in events(site, "export.downloaded") if e["subject"] == rid]) >= 3
+
+
+def test_changes_resubmission_withdrawal_and_open_data(airlock: Served) -> None:
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    (box / "t.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")
+    rid = ask(served, bubble, ["t.csv"])["id"]
+    for user in ("chloe", "rita"):
+        answer = served.http.post(f"/api/v1/exports/{rid}/votes", headers=served.headers(user),
+                                  json={"vote": "changes", "comment": "regroupez les niveaux"})
+    assert answer.json()["state"] == "changes_requested"
+    (box / "t.csv").write_text("cycle,effectif\ncollège,56\n")
+    again = served.http.post(f"/api/v1/exports/{rid}/resubmit", headers=served.headers("bruno"), json={})
+    assert again.status_code == 202 and again.json()["round"] == 2
+    served.site.platform.exports.wait(rid)
+    second = served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("bruno")).json()
+    assert second["state"] == "in_review" and second["votes_in"] == 0
+    assert second["files"][0]["sha256"] == hashlib.sha256(b"cycle,effectif\ncollege,56\n".replace(
+        b"college", "collège".encode())).hexdigest()
+    withdrawn = served.http.post(f"/api/v1/exports/{rid}/withdraw", headers=served.headers("bruno"))
+    assert withdrawn.json()["state"] == "withdrawn"
+    assert served.http.post(f"/api/v1/exports/{rid}/withdraw", headers=served.headers("bruno")).status_code == 409
+
+    # a bubble holding only open data: outputs that pass every check leave at once
+    project(served, "projet-ouvert")
+    asked = served.http.post("/api/v1/projects/projet-ouvert/access-requests", headers=served.headers("bruno"),
+                             json={"source": IPS, "justification": "IPS des collèges"})
+    assert asked.json()["status"] == "granted"
+    open_bubble = bubble_of(served, "projet-ouvert")
+    (outbox(served, open_bubble) / "ips.csv").write_text("departement,ips_moyen\n35,103.2\n")
+    (outbox(served, open_bubble) / "carte.png").write_bytes(PNG)
+    released = ask(served, open_bubble, ["ips.csv", "carte.png"])
+    assert released["state"] == "released", released["decision"]
+    assert any(r.startswith("open_data_only") for r in released["decision"]["reasons"])
+    assert served.http.get(f"/api/v1/exports/{released['id']}/manifest",
+                           headers=served.headers("bruno")).json()["reviews"] == []
+
+
+def test_bad_requests_are_refused_and_store_nothing(airlock: Served) -> None:
+    served, site = airlock, airlock.site
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    (box / "ok.csv").write_text("a,n\nx,20\n")
+    secret = site.platform.settings.home / "master.key"
+    os.symlink(secret, box / "lien.csv")
+    (box / "dossier").mkdir()
+    os.symlink(site.platform.settings.home, box / "dossier" / "home")
+    (box / "vide").mkdir()
+    os.mkfifo(box / "tube.csv")
+    quarantine = site.platform.settings.home / "quarantine"
+    stored = lambda: sorted(p for p in quarantine.rglob("*") if p.is_file())  # noqa: E731
+    before = stored()
+
+    def refused(paths: list, user: str = "bruno", bubble_id: str = bubble) -> dict:
+        answer = served.http.post("/api/v1/exports", headers=served.headers(user), json={
+            "bubble": bubble_id, "paths": paths, "justification": "x"})
+        assert 400 <= answer.status_code < 500, answer.text
+        return answer.json()["error"]
+
+    assert "leaves the outbox" in refused(["../home/.bashrc"])["message"]
+    assert "absolute" in refused([str(secret)])["message"]
+    assert "symbolic link" in refused(["lien.csv"])["message"]
+    assert "symbolic link" in refused(["dossier"])["message"]
+    assert "not a regular file" in refused(["tube.csv"])["message"]
+    assert "not in the outbox" in refused(["absent.csv"])["message"]
+    assert "no file" in refused(["vide"])["message"]
+    assert refused([])["field"] == "paths"
+    assert refused(["ok.csv"], user="zoe")["code"] == "not_found"  # a stranger does not learn the bubble exists
+    assert refused(["ok.csv", "../x"])["field"] == "paths.1"
+    with site.platform.sessions() as session:
+        assert session.query(ExportRequest).count() == 0
+    assert stored() == before
+
+    # content is checked, whatever the name says; big files are never copied; nothing is unpacked
+    import zipfile
+    with zipfile.ZipFile(box / "archive.zip", "w") as z:
+        z.writestr("eleves.csv", "ine\n1\n")
+    (box / "deguise.csv").write_bytes((box / "archive.zip").read_bytes())
+    (box / "faux.png").write_text("pas une image")
+    (box / "casse.csv").write_text("a,b\n1,2,3\n")
+    with open(box / "enorme.csv", "wb") as big:
+        big.truncate(17 << 20)
+    for path, expected in (("archive.zip", "file_type_not_allowed"), ("deguise.csv", "archive"),
+                           ("faux.png", "content_type"), ("casse.csv", "malformed"), ("enorme.csv", "file_too_large")):
+        request = ask(served, bubble, [path])
+        assert request["state"] == "refused", (path, request)
+        codes = {f["check"] for f in request["findings"]} | {r.split(":")[0] for r in request["decision"]["reasons"]}
+        assert expected in codes, (path, codes)
+    big = [r for r in served.http.get("/api/v1/exports", headers=served.headers("bruno")).json()
+           if r["paths"] == ["enorme.csv"]][0]
+    assert big["files"][0]["stored"] is False and big["files"][0]["sha256"] is None
+    assert not any(p.stat().st_size > 16 << 20 for p in quarantine.rglob("*") if p.is_file())
+
+    # a stopped bubble's outbox is not read
+    served.http.post(f"/api/v1/bubbles/{bubble}/stop", headers=served.headers("bruno"))
+    assert refused(["ok.csv"])["code"] == "bubble_not_running"
+
+
+def test_a_crash_while_checking_resumes_and_never_releases_unchecked(airlock: Served) -> None:
+    served, site = airlock, airlock.site
+    bubble = bubble_of(served, "projet-x")
+    (outbox(served, bubble) / "t.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")
+    exports = site.platform.exports
+    exports.close()  # the worker is down: the request stays submitted, as after a crash
+    request = ask(served, bubble, ["t.csv"], wait=False)
+    assert request["state"] == "submitted"
+    with site.platform.sessions() as session:  # the crash came in the middle of checking
+        row = session.get(ExportRequest, request["id"])
+        row.state = "checking"
+        session.commit()
+    assert served.http.get(f"/api/v1/exports/{request['id']}", headers=served.headers("bruno")).json()["state"] == "checking"
+    exports.start()  # the controller comes back
+    assert exports.wait(request["id"]) == "in_review"
+    checking = [e for e in events(site, "export.checking") if e["subject"] == request["id"]]
+    assert checking[-1]["details"]["resumed"] is True
+
+    # a checker that breaks sends the request to a person, never out
+    original = exports.needles
+    exports.needles = lambda *a: (_ for _ in ()).throw(RuntimeError("warehouse down"))
+    try:
+        broken = ask(served, bubble, ["t.csv"])
+    finally:
+        exports.needles = original
+    assert broken["state"] == "in_review"
+    assert any("warehouse down" in f["message"] for f in broken["findings"] if f["severity"] == "review")
+
+
+def test_acro_evidence_from_the_bubble_is_weighed_and_its_checksums_verified(airlock: Served, tmp_path: Path) -> None:
+    """ACRO run on its own test data (as a researcher would in the bubble), its output folder put in
+    the outbox, one of its tables edited after ACRO checked it."""
+    import logging
+    import shutil
+
+    import pandas as pd
+    from acro import ACRO
+
+    from test_acro import REFERENCE
+
+    served = airlock
+    logging.disable(logging.WARNING)
+    try:
+        data = pd.read_stata(REFERENCE / "test_data.dta")
+        session = ACRO(suppress=False)
+        session.crosstab(data.year, data.grant_type)
+        session.finalise(str(tmp_path / "acro"), "json")
+    finally:
+        logging.disable(logging.NOTSET)
+    results = json.loads((tmp_path / "acro" / "results.json").read_text())
+    statuses = {output["files"][0]["name"]: output["status"] for output in results["results"].values()}
+    bubble = bubble_of(served, "projet-x")
+    shutil.copytree(tmp_path / "acro", outbox(served, bubble) / "acro")
+    with open(outbox(served, bubble) / "acro" / "output_0_0.csv", "a") as table:
+        table.write("2016,1,1,1,1\n")
+    request = ask(served, bubble, ["acro"])
+    acro = {f["file"]: f for f in request["findings"] if f["check"] == "acro"}
+    assert {path.removeprefix("acro/"): f["acro"]["status"] for path, f in acro.items()} == statuses
+    assert checks(request, "fail") >= {("acro/output_0_0.csv", "acro_checksum")}
+    assert not any(f["check"] == "acro_checksum" and f["file"] != "acro/output_0_0.csv" for f in request["findings"])
+    assert request["state"] == "refused"
