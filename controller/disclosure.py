@@ -84,6 +84,7 @@ class Needles:
 
     def __post_init__(self) -> None:
         wanted = self.identifiers | self.pseudonyms
+        object.__setattr__(self, "_all", wanted)
         # an integer cell can only hold a needle made of digits alone (no leading zero, fits int64)
         numbers = [int(v) for v in wanted if v.isascii() and v.isdigit() and (v == "0" or v[0] != "0")
                    and int(v) < 2**63]
@@ -91,7 +92,7 @@ class Needles:
         object.__setattr__(self, "int_set", pa.array(numbers, type=pa.int64()))
 
     def all(self) -> frozenset[str]:
-        return self.identifiers | self.pseudonyms
+        return self._all
 
     def kind(self, value: str) -> str:
         return "pseudonym" if value in self.pseudonyms else "identifier"
@@ -101,8 +102,9 @@ def finding(file: str, check: str, severity: str, message: str, **extra: Any) ->
     return {"file": file, "check": check, "severity": severity, "message": message, **extra}
 
 
-def _listed(items: Sequence[Any], rules: Rules) -> dict[str, Any]:
-    return {"count": len(items), "listed": list(items[: rules.max_listed])}
+def _listed(items: Sequence[Any], rules: Rules) -> list[Any]:
+    """The first cells or lines only: a finding counts them all and lists a readable few."""
+    return list(items[: rules.max_listed])
 
 
 # ------------------------------------------------------------------ content type
@@ -149,7 +151,7 @@ def identifiers_in_text(file: str, text: str, needles: Needles, rules: Rules) ->
             position = match.start()
             hits.setdefault(needles.kind(token), []).append(line)
     return [finding(file, "identifiers", FAIL, f"{len(lines)} {kind}(s) of the project's personal data found "
-                    f"in the text", lines=_listed(lines, rules)["listed"], count=len(lines))
+                    f"in the text", lines=_listed(lines, rules), count=len(lines))
             for kind, lines in sorted(hits.items())]
 
 
@@ -231,7 +233,7 @@ def identifiers_in_table(file: str, table: pa.Table, needles: Needles, rules: Ru
         for row in rows:
             cells.setdefault(kinds[int(indices[row])], []).append([int(row) + 1, name])
     return [finding(file, "identifiers", FAIL, f"{len(hits)} cell(s) hold {kind}s of the project's personal data",
-                    cells=_listed(hits, rules)["listed"], count=len(hits))
+                    cells=_listed(hits, rules), count=len(hits))
             for kind, hits in sorted(cells.items())]
 
 
@@ -295,7 +297,7 @@ def _table_findings(file: str, small: list, zeros: list, nk: list, pratio: list,
     ):
         if cells:
             out.append(finding(file, check, severity, f"{len(cells)} {text}", parameters=params,
-                               cells=_listed(cells, rules)["listed"], count=len(cells)))
+                               cells=_listed(cells, rules), count=len(cells)))
     if not out:
         out.append(finding(file, "sdc", PASS, f"{cells_checked} cell(s) checked: threshold, zeros"
                            + (", dominance, p-ratio" if magnitudes else ""), parameters=params))
@@ -456,8 +458,8 @@ def recipe_checks(file: str, table: pa.Table, recipe: Recipe, micro: pa.Table, r
         positions.append(at)
     if mismatched:
         return [finding(file, "table_mismatch", REVIEW, f"{len(mismatched)} cell(s) differ from the table recomputed "
-                        f"from view '{recipe.view}': the rules cannot vouch for it", cells=_listed(mismatched, rules)
-                        ["listed"], count=len(mismatched))]
+                        f"from view '{recipe.view}': the rules cannot vouch for it", cells=_listed(mismatched, rules),
+                        count=len(mismatched))]
     masks = table_masks(stats, rules, magnitudes=recipe.aggfunc != "count")
     flagged = {name: [] for name in ("threshold", "zeros", "dominance_nk", "p_ratio", "negative")}
     for row, at in enumerate(positions):

@@ -9,7 +9,6 @@ anybody holding the site's public key can check a release offline: `bulles expor
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from controller.audit.canonical import canonical
 from controller.audit.checkpoint import key_id
+from controller.digests import file_sha256
 
 FORMAT = "bulles-release/1"
 MANIFEST_NAME = "release-manifest.json"
@@ -77,8 +77,7 @@ def verify(document: Any, public_key: Ed25519PublicKey, files_dir: Path | None) 
         elif not path.is_file():
             problems.append(f"{entry['path']}: missing")
         else:
-            with path.open("rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest = file_sha256(path)
             if digest != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 {digest} differs from the manifest's {entry['sha256']}")
     return problems

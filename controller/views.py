@@ -30,6 +30,7 @@ from connectors.base import Connector, ConnectorError, DataError
 from connectors.pseudonyms import Pseudonymiser, project_key
 from controller.audit.canonical import canonical
 from controller.audit.log import Event
+from controller.digests import file_sha256
 from controller.errors import ApiError
 from controller.store import iso, utcnow
 
@@ -227,11 +228,6 @@ def _refuse_all_suppressed(extra: Mapping[str, Any]) -> None:
 def _merge(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     stats.update(extra)
     return stats
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_view(directory: Path, view: Mapping[str, Any], batches: Iterator[pa.RecordBatch],

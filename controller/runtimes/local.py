@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from controller.digests import file_sha256
 from controller.runtimes import limits
 from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Removed, RuntimeFailure,
                                       RuntimeUnavailable, SandboxSpec, SandboxStatus)
@@ -258,9 +259,7 @@ class LocalRuntime:
         removed = []
         if layout.home.exists():
             for path in sorted(p for p in layout.home.rglob("*") if p.is_file() and not p.is_symlink()):
-                with path.open("rb") as handle:
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                removed.append(Removed(str(path.relative_to(layout.root)), digest, path.stat().st_size))
+                removed.append(Removed(str(path.relative_to(layout.root)), file_sha256(path), path.stat().st_size))
         limits.release_disk(layout.home)
         shutil.rmtree(layout.root, ignore_errors=True)
         self._remove_run(layout)
