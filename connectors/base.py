@@ -37,7 +37,7 @@ class ConnectorError(Exception):
     """A warehouse problem, reported with the source it concerns and a stable code.
 
     Codes: unreachable, unauthorised, not_found, unknown_column, schema_mismatch, empty,
-    invalid_location, unsupported.
+    invalid_location, untrusted (TLS), unsupported.
     """
 
     def __init__(self, source: str, code: str, message: str) -> None:

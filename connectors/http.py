@@ -4,21 +4,34 @@
 CSV and JSON are parsed as they arrive; Parquet needs random access to its footer, so it is
 spooled to a temporary file first (disk, not memory). By default a source may not point the
 controller at loopback, private or link-local addresses (cloud metadata services live there):
-a catalog entry must not become a way to make the platform fetch internal URLs.
+a catalog entry must not become a way to make the platform fetch internal URLs. Redirects are
+followed by hand, a few hops at most, so that every hop is checked by that same rule (a public
+URL answering 302 to http://169.254.169.254/ would otherwise get around it), and an HTTPS URL is
+never downgraded to plain HTTP on the way.
+
+HTTPS is verified against certifi's bundle, plus the site's own CA file (`http_ca_bundle`) for
+warehouses certified by an internal authority; an untrusted or mismatched certificate is an
+`untrusted` error, never a silent fallback.
+
+Known limit: the address is checked by resolving the host before the request, and the client
+resolves it again to connect; a DNS server answering differently the second time (rebinding)
+is not stopped by this check. Sites that need that guarantee put the controller behind an egress
+proxy or network policy that refuses private ranges.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
-from urllib.parse import urlsplit
-
+import certifi
 import httpx
 import pyarrow as pa
-
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
 from connectors.formats import ChunkReader, batches_for, text_probe
@@ -26,22 +39,31 @@ from connectors.location import HttpLocation
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 HEAD_BYTES = 64 * 1024
+MAX_REDIRECTS = 5
+
+
+def resolve(host: str) -> list[str]:
+    """Every address the host resolves to (a name with one private address among public ones is
+    refused as a whole)."""
+    return [info[4][0] for info in socket.getaddrinfo(host, None)]
 
 
 class HttpConnector:
-    def __init__(self, source_id: str, location: HttpLocation, declared: pa.Schema, *, allow_private: bool = False) -> None:
+    def __init__(self, source_id: str, location: HttpLocation, declared: pa.Schema, *, allow_private: bool = False,
+                 ca_bundle: Path | None = None) -> None:
         self.source_id, self.location, self.declared, self.allow_private = source_id, location, declared, allow_private
+        self.ca_bundle = ca_bundle
 
-    def _check_address(self) -> None:
-        host = urlsplit(self.location.url).hostname or ""
+    def _check_address(self, url: httpx.URL) -> None:
+        host = url.host
         try:
-            infos = socket.getaddrinfo(host, None)
+            addresses = resolve(host)
         except socket.gaierror:
             raise ConnectorError(self.source_id, "unreachable", f"cannot resolve host '{host}'") from None
         if self.allow_private:
             return
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
+        for text in addresses:
+            address = ipaddress.ip_address(text.split("%")[0])
             if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved \
                     or address.is_multicast or address.is_unspecified:
                 raise ConnectorError(self.source_id, "invalid_location",
@@ -50,10 +72,52 @@ class HttpConnector:
     def _fail(self, response: httpx.Response) -> ConnectorError:
         status = response.status_code
         code = {401: "unauthorised", 403: "unauthorised", 404: "not_found", 410: "not_found"}.get(status, "unreachable")
-        return ConnectorError(self.source_id, code, f"GET {self.location.url} answered {status}")
+        return ConnectorError(self.source_id, code, f"GET {response.url} answered {status}")
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(timeout=TIMEOUT, follow_redirects=False, headers={"Accept-Encoding": "gzip"})
+        return httpx.Client(timeout=TIMEOUT, follow_redirects=False, headers={"Accept-Encoding": "gzip"},
+                            verify=tls_context(self.ca_bundle))
+
+    @contextmanager
+    def _get(self) -> Iterator[httpx.Response]:
+        """The streamed 200 response for the source's URL, after at most MAX_REDIRECTS hops,
+        each checked before it is requested; transport failures become ConnectorErrors."""
+        try:
+            with self._client() as client:
+                request = client.build_request("GET", self.location.url)
+                for _hop in range(MAX_REDIRECTS + 1):
+                    self._check_address(request.url)
+                    response = client.send(request, stream=True)
+                    try:
+                        if response.next_request is None:
+                            if response.status_code != 200:
+                                raise self._fail(response)
+                            yield response
+                            return
+                        request = self._next_hop(response)
+                    finally:
+                        response.close()
+                raise ConnectorError(self.source_id, "unreachable",
+                                     f"GET {self.location.url} was redirected more than {MAX_REDIRECTS} times")
+        except httpx.ConnectError as exc:
+            if _is_certificate_error(exc):
+                raise ConnectorError(self.source_id, "untrusted",
+                                     f"the TLS certificate of {self.location.url} is not trusted: {exc}") from None
+            raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
+
+    def _next_hop(self, response: httpx.Response) -> httpx.Request:
+        request = response.next_request
+        assert request is not None
+        target = request.url
+        if target.scheme not in ("http", "https"):
+            raise ConnectorError(self.source_id, "invalid_location",
+                                 f"{response.url} redirects to '{target.scheme}:', which is not HTTP(S)")
+        if response.url.scheme == "https" and target.scheme == "http":
+            raise ConnectorError(self.source_id, "invalid_location",
+                                 f"{response.url} redirects to plain HTTP ({target}); HTTPS is never downgraded")
+        return request
 
     def probe(self) -> Probe:
         """Reachability, and for CSV and JSON the schema and row estimate of the first 64 KiB.
@@ -61,15 +125,9 @@ class HttpConnector:
         Parquet keeps its schema in a footer at the end of the file, which a plain GET reaches
         only after downloading all of it: for Parquet over HTTP the declared schema is returned
         unchecked and the rows are unknown (a scan checks the schema)."""
-        self._check_address()
-        try:
-            with self._client() as client, client.stream("GET", self.location.url) as response:
-                if response.status_code != 200:
-                    raise self._fail(response)
-                head, complete = _head(response)
-                total = self._total_bytes(response, head, complete)
-        except httpx.HTTPError as exc:
-            raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
+        with self._get() as response:
+            head, complete = _head(response)
+            total = self._total_bytes(response, head, complete)
         if not head.strip():
             raise ConnectorError(self.source_id, "empty", "the response is empty")
         if self.location.format == "parquet":
@@ -89,18 +147,12 @@ class HttpConnector:
 
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         chosen = check_columns(self.source_id, columns, self.declared.names)
-        self._check_address()
-        try:
-            with self._client() as client, client.stream("GET", self.location.url) as response:
-                if response.status_code != 200:
-                    raise self._fail(response)
-                if self.location.format == "parquet":
-                    yield from self._parquet(response, chosen, batch_rows)
-                    return
-                stream = ChunkReader(response.iter_bytes(1 << 16))
-                yield from batches_for(self.location.format, stream, self.source_id, self.declared, chosen, batch_rows)
-        except httpx.HTTPError as exc:
-            raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
+        with self._get() as response:
+            if self.location.format == "parquet":
+                yield from self._parquet(response, chosen, batch_rows)
+                return
+            stream = ChunkReader(response.iter_bytes(1 << 16))
+            yield from batches_for(self.location.format, stream, self.source_id, self.declared, chosen, batch_rows)
 
     def _parquet(self, response: httpx.Response, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         with tempfile.TemporaryFile(prefix="bulles-http-") as spool:
@@ -118,3 +170,19 @@ def _head(response: httpx.Response, size: int = HEAD_BYTES) -> tuple[bytes, bool
     chunks = response.iter_bytes(size)
     head = next(chunks, b"")
     return head, next(chunks, None) is None
+
+
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """certifi's authorities (httpx's default), and the site's own CA file when it has one."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

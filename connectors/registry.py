@@ -36,5 +36,6 @@ def open_connector(spec: SourceSpec, settings: Settings) -> Connector:
     if location.kind == "http":
         from connectors.http import HttpConnector
 
-        return HttpConnector(spec.id, location, declared, allow_private=settings.http_allow_private)
+        return HttpConnector(spec.id, location, declared, allow_private=settings.http_allow_private,
+                             ca_bundle=settings.http_ca_bundle)
     raise ConnectorError(spec.id, "unsupported", f"no connector for kind '{location.kind}'")

@@ -9,12 +9,13 @@ set in the environment replaces the file's whole value for that key.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from catalog.vocab import Role
@@ -101,6 +102,7 @@ class Settings(BaseSettings):
     s3: dict[str, S3Credentials] = Field({}, description="Credential sets for S3 warehouses")
     databases: dict[str, str] = Field({}, description="PostgreSQL warehouses: name -> connection URL")
     http_allow_private: bool = Field(False, description="Let http sources reach loopback/private addresses")
+    http_ca_bundle: FilePath | None = Field(None, description="PEM file of CAs trusted for https sources, besides certifi's")
     policy_engine: Literal["embedded", "opa"] = Field("embedded", description="regopy in process, or an OPA server")
     opa_url: str = Field("http://127.0.0.1:8181", description="OPA server, for policy_engine=opa")
     policy_dir: Path = Field(Path(__file__).resolve().parents[1] / "policies", description="Rego files and data/")
@@ -113,6 +115,17 @@ class Settings(BaseSettings):
     bubble_start_timeout: float = Field(90.0, gt=0, description="Seconds a sandbox has to answer before it is failed")
     export_max_files: int = Field(1000, ge=1, le=100_000, description="Files one export request may take")
     reconcile_seconds: float = Field(30.0, ge=0, description="How often expiry and sandboxes are checked; 0: never")
+
+    @field_validator("http_ca_bundle")
+    @classmethod
+    def _readable_certificates(cls, value: Path | None) -> Path | None:
+        """A CA file OpenSSL cannot read fails here, at start, not on the first https scan."""
+        if value is not None:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=str(value))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{value} holds no PEM certificate OpenSSL can read ({exc.reason or exc})") from None
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pyarrow as pa
@@ -114,22 +116,33 @@ def test_parquet_files_probe_exactly(tmp_path: Path, home: Path) -> None:
 
 # -- http ----------------------------------------------------------------------------------
 class FileServer:
-    """Serves the vendored files under Opendatasoft-style export paths, on loopback."""
+    """Serves the vendored files under Opendatasoft-style export paths, on loopback, over HTTP or
+    (with a server context) HTTPS. `redirects` maps a path to the Location it answers 302 with.
+    Requests in proxy form (an absolute URL, as clients send to an HTTP proxy) are served by
+    their path, so the server can stand in for an egress proxy too."""
 
-    def __init__(self, files: dict[str, tuple[bytes, str]]) -> None:
+    def __init__(self, files: dict[str, tuple[bytes, str]], redirects: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.hits: list[str] = []
-        server = self
+        server, redirects = self, redirects or {}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 server.hits.append(self.path)
-                if self.path == "/private":
+                path = urlsplit(self.path).path
+                if path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if path == "/private":
                     self.send_error(401)
                     return
-                if self.path not in files:
+                if path not in files:
                     self.send_error(404)
                     return
-                body, kind = files[self.path]
+                body, kind = files[path]
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -140,7 +153,10 @@ class FileServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -235,6 +251,186 @@ def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
     assert code(f"{http_files.base}{EXPORTS}/csv", strict) == "invalid_location"
     assert code("http://169.254.169.254/latest/meta-data", strict) == "invalid_location"
     assert len(http_files.hits) == hits  # refused before any request
+
+
+# -- http: redirects -------------------------------------------------------------------------
+CSV_URL = f"{EXPORTS}/csv"
+
+
+def csv_source(url: str) -> SourceSpec:
+    return spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": url, "format": "csv"})
+
+
+def http_failure(url: str, settings: Any) -> ConnectorError:
+    with pytest.raises(ConnectorError) as caught:
+        list(open_connector(csv_source(url), settings).scan())
+    return caught.value
+
+
+@pytest.fixture(scope="module")
+def redirecting(http_files: FileServer) -> Iterator[FileServer]:
+    """A second server whose paths answer 302: to the file server, along a chain, elsewhere."""
+    chain = {f"/hop/{i}": f"/hop/{i + 1}" for i in range(8)}
+    server = FileServer({}, redirects=chain | {
+        "/moved": f"{http_files.base}{CSV_URL}",
+        "/relative": "/hop/5",
+        "/to-metadata": "http://169.254.169.254/latest/meta-data/iam",
+        "/to-file": "file:///etc/passwd",
+        "/hop/8": f"{http_files.base}{CSV_URL}",
+    })
+    yield server
+    server.close()
+
+
+def test_http_follows_redirects_to_the_data(redirecting: FileServer, settings) -> None:
+    table = scan_all(csv_source(f"{redirecting.base}/moved"), settings, ["UAI"])
+    assert table.num_rows == 6973
+    # /relative -> /hop/5 .. /hop/8 -> the file: five redirects, the most a source may take.
+    assert scan_all(csv_source(f"{redirecting.base}/relative"), settings, ["UAI"]).num_rows == 6973
+
+
+def test_http_gives_up_after_too_many_redirects(redirecting: FileServer, settings) -> None:
+    error = http_failure(f"{redirecting.base}/hop/0", settings)
+    assert error.code == "unreachable" and "redirected more than 5 times" in error.message
+
+
+def test_http_refuses_a_redirect_out_of_http(redirecting: FileServer, settings) -> None:
+    error = http_failure(f"{redirecting.base}/to-file", settings)
+    assert error.code == "invalid_location" and "'file:'" in error.message
+
+
+@pytest.fixture
+def public_dns(monkeypatch: pytest.MonkeyPatch, redirecting: FileServer) -> None:
+    """A fake DNS in which warehouse.example.org is a public address, and the loopback server
+    reached through it as the site's egress proxy: the only way, on a machine without internet,
+    to have a public first hop answer with a redirect to an internal address."""
+    import connectors.http as http
+
+    real = http.resolve
+    monkeypatch.setattr(http, "resolve", lambda host: ["93.184.215.14"] if host == "warehouse.example.org" else real(host))
+    monkeypatch.setenv("HTTP_PROXY", redirecting.base)
+    monkeypatch.setenv("NO_PROXY", "")
+
+
+def test_http_checks_every_redirect_hop_against_the_address_rule(
+        public_dns: None, redirecting: FileServer, home: Path) -> None:
+    strict = load_settings(home, http_allow_private=False)
+    hits = len(redirecting.hits)
+    error = http_failure("http://warehouse.example.org/to-metadata", strict)
+    assert error.code == "invalid_location" and "169.254.169.254" in error.message
+    # The public hop was asked (through the proxy); the metadata service never was.
+    assert redirecting.hits[hits:] == ["http://warehouse.example.org/to-metadata"]
+    # A redirect to the loopback file server is refused the same way.
+    error = http_failure("http://warehouse.example.org/moved", strict)
+    assert error.code == "invalid_location" and "127.0.0.1" in error.message
+
+
+# -- https ------------------------------------------------------------------------------------
+class Authority:
+    """A throw-away certificate authority, and server certificates it signs."""
+
+    def __init__(self, directory: Path, name: str = "bulles test CA") -> None:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._serialization = x509, hashes, ec, serialization
+        self.directory, self.key = directory, ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.timezone.utc)
+        self.not_before, self.not_after = now - dt.timedelta(minutes=5), now + dt.timedelta(hours=1)
+        self.certificate = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
+                            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                            .not_valid_before(self.not_before).not_valid_after(self.not_after)
+                            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                            .sign(self.key, hashes.SHA256()))
+        self.bundle = directory / "ca.pem"
+        self.bundle.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def server_context(self, names: list[Any]) -> ssl.SSLContext:
+        x509, serialization = self._x509, self._serialization
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        certificate = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.name)
+                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(self.not_before).not_valid_after(self.not_after)
+                       .add_extension(x509.SubjectAlternativeName(names), critical=True)
+                       .sign(self.key, self._hashes.SHA256()))
+        stem = self.directory / f"server-{x509.random_serial_number()}"
+        stem.with_suffix(".crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        stem.with_suffix(".key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(stem.with_suffix(".crt"), stem.with_suffix(".key"))
+        return context
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def https_files(authority: Authority, http_files: FileServer) -> Iterator[FileServer]:
+    import ipaddress
+
+    from cryptography import x509
+
+    csv = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes()
+    server = FileServer({CSV_URL: (csv, "text/csv")}, redirects={"/downgrade": f"{http_files.base}{CSV_URL}"},
+                        tls=authority.server_context([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+    yield server
+    server.close()
+
+
+def test_https_source_is_read_when_its_authority_is_trusted(https_files: FileServer, authority: Authority,
+                                                            home: Path) -> None:
+    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+    spec = csv_source(f"{https_files.base}{CSV_URL}")
+    assert open_connector(spec, trusting).probe().schema.names == [c.name for c in spec.schema_]
+    table = scan_all(spec, trusting, ["UAI", "IPS"])
+    assert table.num_rows == 6973 and table.schema.field("IPS").type == pa.float64()
+
+
+def test_https_with_an_unknown_authority_is_untrusted(https_files: FileServer, settings) -> None:
+    error = http_failure(f"{https_files.base}{CSV_URL}", settings)  # certifi's bundle only
+    assert error.code == "untrusted" and "CERTIFICATE_VERIFY_FAILED" in error.message
+
+
+def test_https_with_a_certificate_for_another_host_is_untrusted(authority: Authority, home: Path) -> None:
+    from cryptography import x509
+
+    server = FileServer({CSV_URL: (b"a;b\n1;2\n", "text/csv")},
+                        tls=authority.server_context([x509.DNSName("warehouse.example.org")]))
+    try:
+        trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+        error = http_failure(f"{server.base}{CSV_URL}", trusting)
+        assert error.code == "untrusted" and "127.0.0.1" in error.message
+        assert server.hits == []  # nothing was asked of a server that could not prove who it is
+    finally:
+        server.close()
+
+
+def test_https_is_never_downgraded_by_a_redirect(https_files: FileServer, authority: Authority,
+                                                 http_files: FileServer, home: Path) -> None:
+    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+    hits = len(http_files.hits)
+    error = http_failure(f"{https_files.base}/downgrade", trusting)
+    assert error.code == "invalid_location" and "plain HTTP" in error.message
+    assert len(http_files.hits) == hits
+
+
+def test_a_ca_bundle_that_is_not_pem_is_refused_at_start(home: Path, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate")
+    for path in (junk, tmp_path / "missing.pem"):
+        with pytest.raises(ValidationError) as caught:
+            load_settings(home, http_ca_bundle=path)
+        assert "http_ca_bundle" in str(caught.value)
 
 
 # -- json ------------------------------------------------------------------------------------
