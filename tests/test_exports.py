@@ -10,15 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from conftest import ROOT
 from controller import accounts
+from controller.audit.verify import verify as verify_log
+from controller.config import load_settings
+from controller.platform import Platform
 from controller.cli import app as cli
-from controller.home import SIGNING_PUB
+from controller.home import SIGNING_PUB, load_public_key
 from controller.releases import verify
 from controller.store import ExportRequest
 from test_bubbles import IPS, PUPILS, Kernel, Served, events, project, served  # noqa: F401 - the fixture
@@ -309,25 +317,11 @@ def test_bad_requests_are_refused_and_store_nothing(airlock: Served) -> None:
     assert refused(["ok.csv"])["code"] == "bubble_not_running"
 
 
-def test_a_crash_while_checking_resumes_and_never_releases_unchecked(airlock: Served) -> None:
+def test_a_checker_that_breaks_sends_the_request_to_a_person(airlock: Served) -> None:
     served, site = airlock, airlock.site
     bubble = bubble_of(served, "projet-x")
     (outbox(served, bubble) / "t.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")
     exports = site.platform.exports
-    exports.close()  # the worker is down: the request stays submitted, as after a crash
-    request = ask(served, bubble, ["t.csv"], wait=False)
-    assert request["state"] == "submitted"
-    with site.platform.sessions() as session:  # the crash came in the middle of checking
-        row = session.get(ExportRequest, request["id"])
-        row.state = "checking"
-        session.commit()
-    assert served.http.get(f"/api/v1/exports/{request['id']}", headers=served.headers("bruno")).json()["state"] == "checking"
-    exports.start()  # the controller comes back
-    assert exports.wait(request["id"]) == "in_review"
-    checking = [e for e in events(site, "export.checking") if e["subject"] == request["id"]]
-    assert checking[-1]["details"]["resumed"] is True
-
-    # a checker that breaks sends the request to a person, never out
     original = exports.needles
     exports.needles = lambda *a: (_ for _ in ()).throw(RuntimeError("warehouse down"))
     try:
@@ -336,6 +330,73 @@ def test_a_crash_while_checking_resumes_and_never_releases_unchecked(airlock: Se
         exports.needles = original
     assert broken["state"] == "in_review"
     assert any("warehouse down" in f["message"] for f in broken["findings"] if f["severity"] == "review")
+
+
+# A controller whose checker is stuck in the middle of a check (on a warehouse that never answers):
+# it signals it has got there, then waits to be killed.
+STUCK_CONTROLLER = """
+import pathlib, sys, time
+from controller.config import load_settings
+from controller.exports import Exports
+from controller.platform import Platform
+
+home, url, marker = sys.argv[1:4]
+
+def stuck(self, row, grants, mounted):
+    pathlib.Path(marker).touch()
+    time.sleep(600)
+
+Exports.findings = stuck
+settings = load_settings(pathlib.Path(home), database_url=url or None, checkpoint_interval_seconds=0, reconcile_seconds=0,
+                         runtime="none", warehouse="none")
+Platform(settings).start()
+time.sleep(600)
+"""
+
+
+def test_a_controller_killed_while_checking_leaves_a_request_the_next_one_checks(airlock: Served,
+                                                                                 tmp_path: Path) -> None:
+    """A real kill -9 of a controller process mid-check: the request is found in `checking`, the
+    next controller checks it again from the quarantine, nothing is released on the way, and the
+    audit log still verifies."""
+    served, platform = airlock, airlock.site.platform
+    bubble = bubble_of(served, "projet-x")
+    (outbox(served, bubble) / "t.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")
+    platform.exports.close()
+    request = ask(served, bubble, ["t.csv"], wait=False)
+    (outbox(served, bubble) / "t.csv").write_text("niveau,effectif\n6e,2\n")  # too late to matter
+    settings = platform.settings
+    platform.close()  # this controller goes; the next one takes over the database and the home
+
+    marker = tmp_path / "checking"
+    child = subprocess.Popen([sys.executable, "-c", STUCK_CONTROLLER, str(settings.home), settings.database_url or "",
+                              str(marker)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the second controller never got to checking"
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+
+    restart = load_settings(settings.home, database_url=settings.database_url, checkpoint_interval_seconds=0,
+                            reconcile_seconds=0)
+    with Platform(restart) as restarted:
+        with restarted.sessions() as session:
+            assert session.get(ExportRequest, request["id"]).state == "checking"  # where the kill left it
+        assert restarted.exports.wait(request["id"]) == "in_review"
+        with restarted.sessions() as session:
+            row = session.get(ExportRequest, request["id"])
+            assert row.released_at is None and row.decision["action"] == "review"
+            assert not any(f["check"] == "threshold" for f in row.findings)  # the quarantined copy was checked
+        checking = [e for e in events(airlock.site, "export.checking") if e["subject"] == request["id"]]
+        assert [e["details"]["resumed"] for e in checking] == [False, True]  # the killed one, then this one
+        restarted.audit.checkpoint()
+        report = verify_log(restarted.engine, load_public_key(settings.home / SIGNING_PUB))
+        assert report.ok, report.problem
 
 
 def test_acro_evidence_from_the_bubble_is_weighed_and_its_checksums_verified(airlock: Served, tmp_path: Path) -> None:
