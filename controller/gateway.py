@@ -90,6 +90,12 @@ class Gate:
             return read(self.secret, cookies[COOKIE], bubble_id, "session")
         return None
 
+    def admit(self, headers: Any, cookies: dict[str, str], bubble_id: str, path: str) -> tuple[str, str]:
+        """Both checks of a proxied request, in one call made off the event loop: a bearer token
+        and the membership are database reads, which would otherwise hold up every other
+        connection the gateway is carrying (kernel channels included)."""
+        return self.check(self.caller(headers, cookies, bubble_id), bubble_id, path)
+
     def check(self, username: str | None, bubble_id: str, path: str) -> tuple[str, str]:
         """(username, socket) or a 404 (logged): unknown caller, not a member, not running."""
         with self.platform.sessions() as session:
@@ -152,8 +158,7 @@ async def open_session(bubble_id: str, ticket: str, request: Request) -> Respons
 @router.api_route("/bubbles/{bubble_id}/{path:path}", methods=METHODS)
 async def proxy(bubble_id: str, path: str, request: Request) -> Response:
     gate = _gate(request)
-    username = gate.caller(request.headers, request.cookies, bubble_id)
-    username, socket = await run_in_threadpool(gate.check, username, bubble_id, path)
+    username, socket = await run_in_threadpool(gate.admit, request.headers, request.cookies, bubble_id, path)
     client = gate.client(bubble_id, socket)
     url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     upstream = client.build_request(request.method, url, headers=_upstream_headers(request.headers,
@@ -184,9 +189,8 @@ async def proxy_websocket(websocket: WebSocket, bubble_id: str, path: str) -> No
     """Kernel channels (and terminals): frames pass both ways untouched; opening and closing a
     channel are audit events."""
     gate = _gate(websocket)
-    username = gate.caller(websocket.headers, websocket.cookies, bubble_id)
     try:
-        username, socket = await run_in_threadpool(gate.check, username, bubble_id, path)
+        username, socket = await run_in_threadpool(gate.admit, websocket.headers, websocket.cookies, bubble_id, path)
     except ApiError:
         await websocket.close(code=1008)
         return
