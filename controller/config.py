@@ -114,7 +114,10 @@ class Settings(BaseSettings):
     bubbles_per_project: int = Field(1, ge=1, le=100, description="Bubbles a project may have provisioning or running")
     bubble_start_timeout: float = Field(90.0, gt=0, description="Seconds a sandbox has to answer before it is failed")
     export_max_files: int = Field(1000, ge=1, le=100_000, description="Files one export request may take")
-    reconcile_seconds: float = Field(30.0, ge=0, description="How often expiry and sandboxes are checked; 0: never")
+    export_retention_days: int = Field(30, ge=0, le=3650,
+                                       description="Days after a project ends that its released files are still given")
+    reconcile_seconds: float = Field(30.0, ge=0,
+                                     description="How often expiry, sandboxes and the quarantine are checked; 0: never")
 
     @field_validator("http_ca_bundle")
     @classmethod

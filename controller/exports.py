@@ -22,6 +22,7 @@ approving vote from each provider organisation the policy requires.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import queue
@@ -45,7 +46,7 @@ from controller.errors import ApiError, not_found
 from controller.quarantine import Quarantine, Taken
 from controller.releases import manifest as build_manifest
 from controller.releases import sign
-from controller.store import Bubble, ExportRequest, Grant, ProjectMember, iso, utcnow
+from controller.store import Bubble, ExportRequest, Grant, Project, ProjectMember, iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,10 @@ class Exports:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._checked = threading.Condition()
+        # One writer of the quarantine at a time: a request's copies are taken and recorded, or
+        # a purge decides what is no longer needed and removes it, never both at once (two
+        # requests may share a content-addressed copy).
+        self._store_lock = threading.Lock()
 
     # ---------------------------------------------------------------- reference data
 
@@ -192,13 +197,61 @@ class Exports:
             self._thread = None
 
     def _work(self) -> None:
-        while (request_id := self._queue.get()) is not None:
+        interval = self.platform.settings.reconcile_seconds or None
+        self._purge_logged()
+        while True:
+            try:
+                request_id = self._queue.get(timeout=interval)
+            except queue.Empty:
+                self._purge_logged()
+                continue
+            if request_id is None:
+                return
             try:
                 self.check(request_id)
             except Exception:  # the request stays where it was; the next start checks it again
                 log.exception("checking export request %s failed", request_id)
             with self._checked:
                 self._checked.notify_all()
+
+    def _purge_logged(self) -> None:
+        try:
+            self.purge()
+        except Exception:
+            log.exception("purging the quarantine failed; it is tried again at the next pass")
+
+    # ---------------------------------------------------------------- retention
+
+    def needed(self, session: Session, today: dt.date) -> set[str]:
+        """The quarantined copies someone may still be given or that a check still needs: those
+        of requests under way (this round only), and of released requests until their project
+        has been over for `export_retention_days`. Refused, withdrawn and revoked requests, and
+        the earlier rounds of resubmitted ones, are never given again: their copies go."""
+        keep_until = dt.timedelta(days=self.platform.settings.export_retention_days)
+        rows = session.execute(select(ExportRequest.state, ExportRequest.files, Project.end_date)
+                               .join(Project, Project.id == ExportRequest.project_id)
+                               .where(ExportRequest.state.in_((*WITHDRAWABLE, RELEASED)))).all()
+        return {f["sha256"] for state, files, end in rows
+                if state in WITHDRAWABLE or today <= dt.date.fromisoformat(end) + keep_until
+                for f in files if f["stored"]}
+
+    def purge(self, today: dt.date | None = None) -> list[str]:
+        """Remove the quarantined copies nobody needs any more (see `needed`), and the leftovers
+        of copies a crash interrupted; the removal is in the log first, with the digests."""
+        today = today or dt.date.today()
+        with self._store_lock:
+            with self.platform.sessions() as session:
+                keep = self.needed(session, today)
+            gone = sorted(set(self.quarantine.digests()) - keep)
+            self.quarantine.clear_unfinished()
+            if not gone:
+                return []
+            freed = sum(self.quarantine.size(sha) for sha in gone)
+            self.platform.audit.append(Event("system:airlock", "export.purged", "quarantine", "quarantine", {
+                "files": len(gone), "bytes": freed, "sha256": gone,
+                "retention_days": self.platform.settings.export_retention_days}))
+            self.quarantine.forget(gone)
+            return gone
 
     def wait(self, request_id: str, timeout: float = 60.0) -> str:
         """The request's state once it has left checking (for the CLI and the tests)."""
@@ -293,7 +346,11 @@ class Exports:
         with self.platform.sessions() as session:
             bubble = self._live_bubble(session, principal, body.bubble)
             project_id = bubble.project_id
-        taken = self._take(body.bubble, body.paths)
+        with self._store_lock:
+            return self._record_request(principal, body, project_id, self._take(body.bubble, body.paths))
+
+    def _record_request(self, principal: Principal, body: ExportBody, project_id: str,
+                        taken: list[Taken]) -> dict[str, Any]:
         now = iso(utcnow())
         request_id = "x-" + uuid.uuid4().hex[:20]
 
@@ -323,8 +380,11 @@ class Exports:
                                "whose reviewers asked for changes is resubmitted")
             self._live_bubble(session, principal, row.bubble_id)
             bubble_id, paths = row.bubble_id, body.paths or list(row.paths)
-        taken = self._take(bubble_id, paths)
+        with self._store_lock:
+            return self._record_resubmission(principal, request_id, body, paths, self._take(bubble_id, paths))
 
+    def _record_resubmission(self, principal: Principal, request_id: str, body: ResubmitBody, paths: list[str],
+                             taken: list[Taken]) -> dict[str, Any]:
         def apply(session: Session) -> dict[str, Any]:
             row = session.get(ExportRequest, request_id, with_for_update=True)
             if row.state != CHANGES:
@@ -591,7 +651,11 @@ class Exports:
                            "its project once released, and to its reviewers while in review")
         if not entry["stored"]:
             raise ApiError(409, "not_stored", f"'{path}' was over the size limit and never copied")
-        data = self.quarantine.read(entry["sha256"])
+        try:
+            data = self.quarantine.read(entry["sha256"])
+        except FileNotFoundError:
+            raise ApiError(410, "purged", f"'{path}' is no longer kept: the project ended more than "
+                           f"{self.platform.settings.export_retention_days} days ago") from None
         self.platform.audit.append(Event(principal.actor, "export.downloaded", "export", request_id, {
             "path": path, "sha256": entry["sha256"], "project": project_id}))
         return data

@@ -186,6 +186,22 @@ class Quarantine:
         finally:
             os.close(fd)
 
+    def digests(self) -> Iterator[str]:
+        for shard in self.root.iterdir():
+            if shard.name != "tmp" and shard.is_dir():
+                yield from (entry.name for entry in shard.iterdir())
+
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def clear_unfinished(self) -> None:
+        """Copies a crash left half-made (only ever called with no copy under way)."""
+        for leftover in (self.root / "tmp").iterdir():
+            leftover.unlink(missing_ok=True)
+
     def forget(self, digests: list[str]) -> None:
         for sha in digests:
             try:

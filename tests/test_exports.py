@@ -7,6 +7,7 @@ Needs root and bubblewrap, like tests/test_bubbles.py, whose site and helpers it
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from controller.platform import Platform
 from controller.cli import app as cli
 from controller.home import SIGNING_PUB, load_public_key
 from controller.releases import verify
-from controller.store import ExportRequest
+from controller.store import ExportRequest, Project
 from test_bubbles import IPS, PUPILS, Kernel, Served, events, project, served  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local runtime needs root")
@@ -315,6 +316,64 @@ def test_bad_requests_are_refused_and_store_nothing(airlock: Served) -> None:
     # a stopped bubble's outbox is not read
     served.http.post(f"/api/v1/bubbles/{bubble}/stop", headers=served.headers("bruno"))
     assert refused(["ok.csv"])["code"] == "bubble_not_running"
+
+
+def test_the_quarantine_keeps_only_what_someone_may_still_be_given(airlock: Served) -> None:
+    served, site = airlock, airlock.site
+    exports = site.platform.exports
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    tables = {"gardee.csv": "niveau,effectif\n6e,25\n5e,31\n", "refusee.csv": "niveau,effectif\n6e,2\n",
+              "retiree.csv": "niveau,effectif\n6e,40\n5e,41\n", "v1.csv": "niveau,effectif\n6e,50\n5e,51\n",
+              "encore.csv": "niveau,effectif\n6e,60\n5e,61\n", "partagee.csv": "niveau,effectif\n6e,70\n5e,71\n",
+              "partagee-bis.csv": "niveau,effectif\n6e,70\n5e,71\n"}
+    for name, text in tables.items():
+        (box / name).write_text(text)
+    digest = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in tables.items()}
+    kept, refused, withdrawn, pending = (ask(served, bubble, [name]) for name in
+                                         ("gardee.csv", "refusee.csv", "retiree.csv", "encore.csv"))
+    assert refused["state"] == "refused"
+    shared = ask(served, bubble, ["partagee.csv"])
+    ask(served, bubble, ["partagee-bis.csv"])  # the same bytes: one copy, needed by this pending request
+    for request in (withdrawn, shared):
+        assert served.http.post(f"/api/v1/exports/{request['id']}/withdraw",
+                                headers=served.headers("bruno")).json()["state"] == "withdrawn"
+    resubmitted = ask(served, bubble, ["v1.csv"])
+    for user in ("chloe", "rita"):
+        served.http.post(f"/api/v1/exports/{resubmitted['id']}/votes", headers=served.headers(user),
+                         json={"vote": "changes", "comment": "arrondir"})
+        served.http.post(f"/api/v1/exports/{kept['id']}/votes", headers=served.headers(user),
+                         json={"vote": "approve", "comment": "ok"})
+    (box / "v2.csv").write_text("niveau,effectif\n6e,55\n5e,56\n")
+    again = served.http.post(f"/api/v1/exports/{resubmitted['id']}/resubmit", headers=served.headers("bruno"),
+                             json={"paths": ["v2.csv"]})
+    assert again.status_code == 202, again.text
+    exports.wait(resubmitted["id"])
+    (exports.quarantine.root / "tmp" / "half-copied").write_bytes(b"a crash in the middle of a copy")
+    stored = set(exports.quarantine.digests())
+    assert {digest[n] for n in tables} <= stored
+
+    with site.platform.sessions() as session:
+        end = dt.date.fromisoformat(session.get(Project, "projet-x").end_date)
+    gone = exports.purge(end)  # the project's last day
+    assert set(gone) == {digest["refusee.csv"], digest["retiree.csv"], digest["v1.csv"]}
+    left = set(exports.quarantine.digests())
+    assert {digest["gardee.csv"], digest["encore.csv"], digest["partagee.csv"]} <= left and not left & set(gone)
+    assert list((exports.quarantine.root / "tmp").iterdir()) == []
+    purged = events(site, "export.purged")[-1]["details"]
+    assert sorted(purged["sha256"]) == sorted(gone) and purged["files"] == 3 and purged["bytes"] > 0
+    assert exports.purge(end) == []  # nothing more to do, nothing logged
+    assert len(events(site, "export.purged")) == 1
+    url = f"/api/v1/exports/{kept['id']}/files/gardee.csv"
+    assert served.http.get(url, headers=served.headers("bruno")).text == tables["gardee.csv"]
+
+    # the retention period after the project's end: the released copy goes, pending ones stay
+    retention = site.platform.settings.export_retention_days
+    assert exports.purge(end + dt.timedelta(days=retention)) == []
+    assert exports.purge(end + dt.timedelta(days=retention + 1)) == [digest["gardee.csv"]]
+    answer = served.http.get(url, headers=served.headers("bruno"))
+    assert answer.status_code == 410 and answer.json()["error"]["code"] == "purged"
+    assert digest["encore.csv"] in set(exports.quarantine.digests())  # still in review: still needed
 
 
 def test_a_checker_that_breaks_sends_the_request_to_a_person(airlock: Served) -> None:
