@@ -56,6 +56,10 @@ def clean_path(raw: str, index: int) -> list[str]:
     return parts
 
 
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 class Quarantine:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -63,7 +67,7 @@ class Quarantine:
         (root / "tmp").mkdir(exist_ok=True, mode=0o700)
 
     def path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not _is_sha256(sha256):
             raise ValueError(f"not a sha256: {sha256[:80]!r}")
         return self.root / sha256[:2] / sha256
 
@@ -187,9 +191,10 @@ class Quarantine:
             os.close(fd)
 
     def digests(self) -> Iterator[str]:
+        """The copies stored (anything else found in the store is not ours to remove)."""
         for shard in self.root.iterdir():
             if shard.name != "tmp" and shard.is_dir():
-                yield from (entry.name for entry in shard.iterdir())
+                yield from (entry.name for entry in shard.iterdir() if _is_sha256(entry.name))
 
     def size(self, sha256: str) -> int:
         try:

@@ -350,6 +350,8 @@ def test_the_quarantine_keeps_only_what_someone_may_still_be_given(airlock: Serv
     assert again.status_code == 202, again.text
     exports.wait(resubmitted["id"])
     (exports.quarantine.root / "tmp" / "half-copied").write_bytes(b"a crash in the middle of a copy")
+    (exports.quarantine.root / "00" / "README").parent.mkdir(exist_ok=True)
+    (exports.quarantine.root / "00" / "README").write_text("not a copy: left alone")
     stored = set(exports.quarantine.digests())
     assert {digest[n] for n in tables} <= stored
 
@@ -360,6 +362,7 @@ def test_the_quarantine_keeps_only_what_someone_may_still_be_given(airlock: Serv
     left = set(exports.quarantine.digests())
     assert {digest["gardee.csv"], digest["encore.csv"], digest["partagee.csv"]} <= left and not left & set(gone)
     assert list((exports.quarantine.root / "tmp").iterdir()) == []
+    assert (exports.quarantine.root / "00" / "README").exists()
     purged = events(site, "export.purged")[-1]["details"]
     assert sorted(purged["sha256"]) == sorted(gone) and purged["files"] == 3 and purged["bytes"] > 0
     assert exports.purge(end) == []  # nothing more to do, nothing logged
