@@ -21,6 +21,7 @@ proxy or network policy that refuses private ranges.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
@@ -99,12 +100,10 @@ class HttpConnector:
                         response.close()
                 raise ConnectorError(self.source_id, "unreachable",
                                      f"GET {self.location.url} was redirected more than {MAX_REDIRECTS} times")
-        except httpx.ConnectError as exc:
+        except httpx.HTTPError as exc:
             if _is_certificate_error(exc):
                 raise ConnectorError(self.source_id, "untrusted",
                                      f"the TLS certificate of {self.location.url} is not trusted: {exc}") from None
-            raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
-        except httpx.HTTPError as exc:
             raise ConnectorError(self.source_id, "unreachable", f"GET {self.location.url} failed: {exc}") from None
 
     def _next_hop(self, response: httpx.Response) -> httpx.Request:
@@ -172,8 +171,12 @@ def _head(response: httpx.Response, size: int = HEAD_BYTES) -> tuple[bytes, bool
     return head, next(chunks, None) is None
 
 
+@functools.lru_cache(maxsize=4)
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """certifi's authorities (httpx's default), and the site's own CA file when it has one."""
+    """certifi's authorities (httpx's default), and the site's own CA file when it has one.
+
+    Built once per bundle and shared (a client context is safe to share): loading certifi's
+    bundle costs tens of milliseconds, which every probe and scan paid before."""
     context = ssl.create_default_context(cafile=certifi.where())
     if ca_bundle is not None:
         context.load_verify_locations(cafile=str(ca_bundle))

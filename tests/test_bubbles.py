@@ -394,13 +394,11 @@ def test_revocation_expiry_death_restart_and_orphans_are_reconciled(served: Serv
     assert root.exists()
 
     # a controller restart: the sandbox outlives it and is adopted by the next one
-    from controller.config import load_settings
     from controller.platform import Platform
 
     settings = platform.settings
     platform.bubbles.close()
-    with Platform(load_settings(settings.home, database_url=settings.database_url, checkpoint_interval_seconds=0,
-                                reconcile_seconds=0)) as restarted:
+    with Platform(settings) as restarted:  # the same configuration, a new controller
         assert restarted.bubbles.runtime.status(bubble["id"]).state == "running"
         assert events(site, "bubble.orphan_removed") == []
 

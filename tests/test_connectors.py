@@ -234,12 +234,22 @@ def test_http_parquet_probe_checks_reachability_only(http_files: FileServer, set
     assert probe.rows is None and probe.schema.names == [c.name for c in spec.schema_]
 
 
+CSV_URL = f"{EXPORTS}/csv"
+
+
+def csv_source(url: str) -> SourceSpec:
+    return spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": url, "format": "csv"})
+
+
+def http_failure(url: str, settings: Any) -> ConnectorError:
+    with pytest.raises(ConnectorError) as caught:
+        list(open_connector(csv_source(url), settings).scan())
+    return caught.value
+
+
 def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
     def code(url: str, s: Any = settings) -> str:
-        spec = spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": url, "format": "csv"})
-        with pytest.raises(ConnectorError) as caught:
-            list(open_connector(spec, s).scan())
-        return caught.value.code
+        return http_failure(url, s).code
 
     assert code(f"{http_files.base}/nothing") == "not_found"
     assert code(f"{http_files.base}/private") == "unauthorised"
@@ -254,19 +264,6 @@ def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
 
 
 # -- http: redirects -------------------------------------------------------------------------
-CSV_URL = f"{EXPORTS}/csv"
-
-
-def csv_source(url: str) -> SourceSpec:
-    return spec_with("fr-en-ips-colleges-ap2022", {"kind": "http", "url": url, "format": "csv"})
-
-
-def http_failure(url: str, settings: Any) -> ConnectorError:
-    with pytest.raises(ConnectorError) as caught:
-        list(open_connector(csv_source(url), settings).scan())
-    return caught.value
-
-
 @pytest.fixture(scope="module")
 def redirecting(http_files: FileServer) -> Iterator[FileServer]:
     """A second server whose paths answer 302: to the file server, along a chain, elsewhere."""

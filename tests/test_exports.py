@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 from conftest import ROOT
 from controller import accounts
 from controller.audit.verify import verify as verify_log
-from controller.config import load_settings
 from controller.platform import Platform
 from controller.cli import app as cli
 from controller.home import SIGNING_PUB, load_public_key
@@ -444,9 +443,7 @@ def test_a_controller_killed_while_checking_leaves_a_request_the_next_one_checks
         child.wait(10)
     assert child.returncode == -signal.SIGKILL
 
-    restart = load_settings(settings.home, database_url=settings.database_url, checkpoint_interval_seconds=0,
-                            reconcile_seconds=0)
-    with Platform(restart) as restarted:
+    with Platform(settings) as restarted:  # the same configuration, a new controller
         with restarted.sessions() as session:
             assert session.get(ExportRequest, request["id"]).state == "checking"  # where the kill left it
         assert restarted.exports.wait(request["id"]) == "in_review"
