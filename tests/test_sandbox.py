@@ -127,14 +127,14 @@ def test_the_inner_sandbox_is_unprivileged_and_the_token_is_nowhere_in_the_comma
     assert "--sock=/run/bulle/jupyter.sock" in jupyter and "--ServerApp.base_url=/bubbles/b-1/" in jupyter
 
 
-def test_cgroup_limits_follow_the_profile() -> None:
-    v2 = cgroup_plan(2, "b-1", cpu=1.5, memory_mb=2048, root=Path("/cg"))
-    assert v2.writes == {"/cg/bulles/b-1": {"memory.max": str(2048 << 20), "memory.swap.max": "0",
-                                             "pids.max": "512", "cpu.max": "150000 100000"}}
-    v1 = cgroup_plan(1, "b-1", cpu=0.5, memory_mb=512, root=Path("/cg"))
-    assert v1.writes == {"/cg/memory/bulles/b-1": {"memory.limit_in_bytes": str(512 << 20)},
-                         "/cg/pids/bulles/b-1": {"pids.max": "512"},
-                         "/cg/cpu/bulles/b-1": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}}
+def test_cgroup_limits_follow_the_profile_under_the_site_s_own_parent() -> None:
+    v2 = cgroup_plan(2, "0123abcd", "b-1", cpu=1.5, memory_mb=2048, root=Path("/cg"))
+    assert v2.writes == {"/cg/bulles-0123abcd/b-1": {"memory.max": str(2048 << 20), "memory.swap.max": "0",
+                                                      "pids.max": "512", "cpu.max": "150000 100000"}}
+    v1 = cgroup_plan(1, "0123abcd", "b-1", cpu=0.5, memory_mb=512, root=Path("/cg"))
+    assert v1.writes == {"/cg/memory/bulles-0123abcd/b-1": {"memory.limit_in_bytes": str(512 << 20)},
+                         "/cg/pids/bulles-0123abcd/b-1": {"pids.max": "512"},
+                         "/cg/cpu/bulles-0123abcd/b-1": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}}
 
 
 def test_an_environment_under_tmp_is_mounted_over_the_private_tmp_not_hidden_by_it() -> None:

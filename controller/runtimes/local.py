@@ -5,6 +5,10 @@ its children for long: their own session, no parent-death signal) and are found 
 `sandbox.json`, checked against the kernel's start time of the process so that a recycled pid
 is never mistaken for a bubble; so is an open bubble's slirp4netns, which also exits by itself
 when its sandbox ends.
+
+Several sites (controller homes) may share a machine: host uids come from a machine-wide
+registry (uids.py), cgroups sit under a parent of the site's own (limits.py), and each site's
+sockets under a directory of its own, all named by the digest of the runtime's root.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import select
 import shutil
@@ -28,9 +33,9 @@ from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Remove
                                       RuntimeUnavailable, SandboxSpec, SandboxStatus)
 from controller.runtimes.sandbox import (TOKEN_FILE, Handshake, Layout, bwrap_command, etc_files, jupyter_config,
                                          state_document)
+from controller.runtimes.uids import UID_FILE, UidConflict, UidRegistry
 
-UID_BASE = 200_000
-UID_RANGE = 50_000
+log = logging.getLogger(__name__)
 NETWORK_TIMEOUT = 30.0  # for the sandbox to report its pid, and for slirp4netns to configure tap0
 # Enter the cgroups given before `--`, then run the rest: nothing of the sandbox (or of its
 # slirp4netns) ever runs outside its limits.
@@ -88,19 +93,30 @@ def _children(pid: int) -> list[int]:
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, root: Path, python_env: Path = DEFAULT_ENV) -> None:
+    def __init__(self, root: Path, python_env: Path = DEFAULT_ENV, uids: UidRegistry | None = None) -> None:
         check_available(python_env)
         self.root = root
         self.python_env = python_env.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)  # only root enters: bubbles never see each other's directories
-        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        self.sockets = SOCKETS / digest  # made at the first start, removed with the last bubble
+        self.site = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        self.sockets = SOCKETS / self.site  # made at the first start, removed with the last bubble
+        self.uids = uids or UidRegistry()
         self._children: dict[str, subprocess.Popen] = {}
         self._slirps: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self.cgroups = limits.cgroup_version()
         self.disks = limits.loop_disks_available()
+        self._register_uids()
+
+    def _register_uids(self) -> None:
+        """Bubbles made before the registry existed (or while it was lost) claim their uids
+        now, before any other site may be given one of them."""
+        for path in sorted(self.root.glob(f"*/{UID_FILE}")):
+            try:
+                self.uids.claim(path.parent)
+            except (UidConflict, ValueError) as exc:
+                log.error("bubble %s: %s; delete one of them", path.parent.name, exc)
 
     def layout(self, bubble: str) -> Layout:
         if not bubble.replace("-", "").isalnum():
@@ -117,17 +133,9 @@ class LocalRuntime:
             return None
 
     def _uid(self, layout: Layout) -> int:
-        """The bubble's own host user, kept for its whole life (its files are owned by it)."""
-        path = layout.root / "uid"
-        with self._lock:  # concurrent starts: one allocation at a time, each file whole when seen
-            if path.exists():
-                return int(path.read_text())
-            taken = {int(p.read_text()) for p in self.root.glob("*/uid")}
-            uid = next(u for u in range(UID_BASE, UID_BASE + UID_RANGE) if u not in taken)
-            staging = layout.root / ".uid"
-            staging.write_text(str(uid))
-            os.rename(staging, path)
-            return uid
+        """The bubble's own host user, kept for its whole life (its files are owned by it), and
+        no other bubble's on this machine, whatever its site."""
+        return self.uids.claim(layout.root)
 
     def _prepare(self, spec: SandboxSpec, layout: Layout, uid: int) -> None:
         layout.root.mkdir(mode=0o700, exist_ok=True)
@@ -170,7 +178,7 @@ class LocalRuntime:
         self._prepare(spec, layout, uid)
         cgroups: list[str] = []
         if self.cgroups:
-            plan = limits.cgroup_plan(self.cgroups, spec.bubble, cpu=spec.cpu, memory_mb=spec.memory_mb)
+            plan = limits.cgroup_plan(self.cgroups, self.site, spec.bubble, cpu=spec.cpu, memory_mb=spec.memory_mb)
             cgroups = limits.apply_cgroups(plan)
         # An open bubble's sandbox reports its pid on one pipe, waits on another until its network
         # is set up, and holds a third open for as long as it lives: slirp4netns's exit pipe.
