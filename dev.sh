@@ -26,7 +26,13 @@ system_packages() {
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     # Bubbles run in bubblewrap sandboxes; their homes are ext4 images on loop devices.
     command -v bwrap >/dev/null || missing+=(bubblewrap)
-    command -v setpriv >/dev/null && command -v prlimit >/dev/null || missing+=(util-linux)
+    # Open bubbles reach the internet through user-mode networking, never the host: slirp4netns,
+    # and the namespace's routes set with iproute2 and procps's sysctl, through nsenter.
+    command -v slirp4netns >/dev/null || missing+=(slirp4netns)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v sysctl >/dev/null || missing+=(procps)
+    command -v setpriv >/dev/null && command -v prlimit >/dev/null && command -v nsenter >/dev/null \
+        || missing+=(util-linux)
     command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     if [ "${1:-}" = test ]; then
         # The suite starts its own throw-away PostgreSQL 15 cluster (initdb/pg_ctl).

@@ -350,8 +350,7 @@ def test_open_data_only_bubbles_get_the_network_and_no_grant_means_empty_data(se
     kernel = Kernel(served, bubble["id"])
     try:
         assert kernel.run("import bulle; print(sorted(bulle.views()))").strip() == f"['{IPS}']"
-        # the controller's loopback port is reachable from an open bubble: that is what open means
-        assert kernel.run(f"import socket; socket.create_connection(('127.0.0.1', {served.port}), 2); print('ok')").strip() == "ok"
+        # what an open network reaches, and what not (the host), is tried in test_network.py
     finally:
         kernel.close()
     served.http.delete(f"/api/v1/bubbles/{bubble['id']}", headers=served.headers("bruno"))

@@ -3,6 +3,10 @@ otherwise (as root), and a disk of its own for the home (an ext4 image on a loop
 that one bubble filling its disk or memory hurts only itself.
 
 Per-bubble host users also give an RLIMIT_NPROC that counts only that bubble's processes.
+
+Each site has its own parent cgroup, `bulles-<site>` (the digest of its runtime root), with its
+bubbles' cgroups inside: two sites on one machine never share a parent, so one site's runtime
+never creates, kills in or removes another's cgroups.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-GROUP = "bulles"
 PIDS_MAX = 512
 
 
@@ -38,28 +41,36 @@ def cgroup_version(root: Path = CGROUP_ROOT) -> int | None:
     return None
 
 
-def cgroup_plan(version: int, bubble: str, *, cpu: float, memory_mb: int, root: Path = CGROUP_ROOT) -> CgroupPlan:
+def site_group(site: str) -> str:
+    """The parent cgroup of one site's bubbles."""
+    return f"bulles-{site}"
+
+
+def cgroup_plan(version: int, site: str, bubble: str, *, cpu: float, memory_mb: int,
+                root: Path = CGROUP_ROOT) -> CgroupPlan:
+    group = site_group(site)
     memory = str(memory_mb * 1024 * 1024)
     period = 100_000
     quota = str(max(1000, int(cpu * period)))
     if version == 2:
-        return CgroupPlan(2, {str(root / GROUP / bubble): {
+        return CgroupPlan(2, {str(root / group / bubble): {
             "memory.max": memory, "memory.swap.max": "0", "pids.max": str(PIDS_MAX), "cpu.max": f"{quota} {period}"}})
     return CgroupPlan(1, {
-        str(root / "memory" / GROUP / bubble): {"memory.limit_in_bytes": memory},
-        str(root / "pids" / GROUP / bubble): {"pids.max": str(PIDS_MAX)},
-        str(root / "cpu" / GROUP / bubble): {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": quota},
+        str(root / "memory" / group / bubble): {"memory.limit_in_bytes": memory},
+        str(root / "pids" / group / bubble): {"pids.max": str(PIDS_MAX)},
+        str(root / "cpu" / group / bubble): {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": quota},
     })
 
 
 def apply_cgroups(plan: CgroupPlan) -> list[str]:
     """Create the cgroups and set their limits; the directories, for placing the sandbox."""
     if plan.version == 2:
-        parent = CGROUP_ROOT / GROUP
-        parent.mkdir(exist_ok=True)
         wanted = " ".join(f"+{c}" for c in ("memory", "pids", "cpu"))
-        for level in (CGROUP_ROOT, parent):
-            (level / "cgroup.subtree_control").write_text(wanted)
+        for directory in plan.writes:
+            parent = Path(directory).parent  # the site's: its own parent enables the controllers
+            parent.mkdir(exist_ok=True)
+            for level in (parent.parent, parent):
+                (level / "cgroup.subtree_control").write_text(wanted)
     for directory, files in plan.writes.items():
         Path(directory).mkdir(parents=True, exist_ok=True)
         for name, value in files.items():

@@ -3,7 +3,12 @@ command, limits.py the cgroups and the home's disk). Needs root: per-bubble host
 cgroups and loop mounts are root's to make. Sandboxes outlive the controller (they are not
 its children for long: their own session, no parent-death signal) and are found again from
 `sandbox.json`, checked against the kernel's start time of the process so that a recycled pid
-is never mistaken for a bubble.
+is never mistaken for a bubble; so is an open bubble's slirp4netns, which also exits by itself
+when its sandbox ends.
+
+Several sites (controller homes) may share a machine: host uids come from a machine-wide
+registry (uids.py), cgroups sit under a parent of the site's own (limits.py), and each site's
+sockets under a directory of its own, all named by the digest of the runtime's root.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -21,16 +28,22 @@ import time
 from pathlib import Path
 
 from controller.digests import file_sha256
-from controller.runtimes import limits
+from controller.runtimes import limits, network
 from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Removed, RuntimeFailure,
                                       RuntimeUnavailable, SandboxSpec, SandboxStatus)
-from controller.runtimes.sandbox import TOKEN_FILE, Layout, bwrap_command, etc_files, jupyter_config, state_document
+from controller.runtimes.sandbox import (TOKEN_FILE, Handshake, Layout, bwrap_command, etc_files, jupyter_config,
+                                         state_document)
+from controller.runtimes.uids import UID_FILE, UidConflict, UidRegistry
 
-UID_BASE = 200_000
-UID_RANGE = 50_000
+log = logging.getLogger(__name__)
+NETWORK_TIMEOUT = 30.0  # for the sandbox to report its pid, and for slirp4netns to configure tap0
+# Enter the cgroups given before `--`, then run the rest: nothing of the sandbox (or of its
+# slirp4netns) ever runs outside its limits.
+PLACE = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 97; shift; done; shift; exec "$@"'
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = REPO / ".venv-bubble"
 SOCKETS = Path("/run/bulles")  # root only; one directory per controller home, one per bubble inside
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the tools are looked for and run from
 
 
 def python_base(python_env: Path) -> Path:
@@ -52,9 +65,11 @@ def check_available(python_env: Path) -> None:
     if os.geteuid() != 0:
         raise RuntimeUnavailable("the local runtime needs root: it gives each bubble its own host user, "
                                  "cgroups and disk; run the controller as root or use another runtime")
-    for tool in ("setpriv", "prlimit"):
-        if shutil.which(tool) is None:
-            raise RuntimeUnavailable(f"{tool} (util-linux) is missing: run `apt-get install util-linux`")
+    for tool, package in (("setpriv", "util-linux"), ("prlimit", "util-linux"), ("nsenter", "util-linux"),
+                          ("slirp4netns", "slirp4netns"), ("ip", "iproute2"), ("sysctl", "procps")):
+        if shutil.which(tool, path=PATH) is None:
+            raise RuntimeUnavailable(f"{tool} ({package}) is missing: run `apt-get install {package}` "
+                                     "(./dev.sh installs it when run as root)")
     if not list(python_env.glob("lib/python3*/site-packages/jupyter_server")):
         raise RuntimeUnavailable(f"the bubble environment {python_env} has no Jupyter Server: "
                                  "`./dev.sh` builds it from bubble_images/requirements.txt")
@@ -78,18 +93,30 @@ def _children(pid: int) -> list[int]:
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, root: Path, python_env: Path = DEFAULT_ENV) -> None:
+    def __init__(self, root: Path, python_env: Path = DEFAULT_ENV, uids: UidRegistry | None = None) -> None:
         check_available(python_env)
         self.root = root
         self.python_env = python_env.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)  # only root enters: bubbles never see each other's directories
-        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        self.sockets = SOCKETS / digest  # made at the first start, removed with the last bubble
+        self.site = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        self.sockets = SOCKETS / self.site  # made at the first start, removed with the last bubble
+        self.uids = uids or UidRegistry()
         self._children: dict[str, subprocess.Popen] = {}
+        self._slirps: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self.cgroups = limits.cgroup_version()
         self.disks = limits.loop_disks_available()
+        self._register_uids()
+
+    def _register_uids(self) -> None:
+        """Bubbles made before the registry existed (or while it was lost) claim their uids
+        now, before any other site may be given one of them."""
+        for path in sorted(self.root.glob(f"*/{UID_FILE}")):
+            try:
+                self.uids.claim(path.parent)
+            except (UidConflict, ValueError) as exc:
+                log.error("bubble %s: %s; delete one of them", path.parent.name, exc)
 
     def layout(self, bubble: str) -> Layout:
         if not bubble.replace("-", "").isalnum():
@@ -106,17 +133,9 @@ class LocalRuntime:
             return None
 
     def _uid(self, layout: Layout) -> int:
-        """The bubble's own host user, kept for its whole life (its files are owned by it)."""
-        path = layout.root / "uid"
-        with self._lock:  # concurrent starts: one allocation at a time, each file whole when seen
-            if path.exists():
-                return int(path.read_text())
-            taken = {int(p.read_text()) for p in self.root.glob("*/uid")}
-            uid = next(u for u in range(UID_BASE, UID_BASE + UID_RANGE) if u not in taken)
-            staging = layout.root / ".uid"
-            staging.write_text(str(uid))
-            os.rename(staging, path)
-            return uid
+        """The bubble's own host user, kept for its whole life (its files are owned by it), and
+        no other bubble's on this machine, whatever its site."""
+        return self.uids.claim(layout.root)
 
     def _prepare(self, spec: SandboxSpec, layout: Layout, uid: int) -> None:
         layout.root.mkdir(mode=0o700, exist_ok=True)
@@ -159,33 +178,91 @@ class LocalRuntime:
         self._prepare(spec, layout, uid)
         cgroups: list[str] = []
         if self.cgroups:
-            plan = limits.cgroup_plan(self.cgroups, spec.bubble, cpu=spec.cpu, memory_mb=spec.memory_mb)
+            plan = limits.cgroup_plan(self.cgroups, self.site, spec.bubble, cpu=spec.cpu, memory_mb=spec.memory_mb)
             cgroups = limits.apply_cgroups(plan)
+        # An open bubble's sandbox reports its pid on one pipe, waits on another until its network
+        # is set up, and holds a third open for as long as it lives: slirp4netns's exit pipe.
+        ours: list[int] = []
+        theirs: list[int] = []
+        handshake = None
+        if spec.network == "open":
+            (info_r, info_w), (block_r, block_w), (exit_r, exit_w) = os.pipe(), os.pipe(), os.pipe()
+            ours, theirs = [info_r, block_w, exit_r], [info_w, block_r, exit_w]
+            handshake = Handshake(info=info_w, block=block_r, sync=exit_w)
         command = bwrap_command(spec, layout, python_env=self.python_env, python_base=python_base(self.python_env),
-                                host_uid=uid)
-        # Enter the cgroups before anything else runs, then cap processes and file sizes per user.
-        place = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 97; shift; done; shift; exec "$@"'
+                                host_uid=uid, handshake=handshake)
         # The outer bubblewrap reads its arguments from a pipe: its command line, which the bubble
         # can read in /proc/1/cmdline, names none of the host's paths.
         split = command.index("--")
         read_end, write_end = os.pipe()
         os.write(write_end, b"".join(arg.encode() + b"\0" for arg in command[1:split]))
         os.close(write_end)
-        wrapper = ["sh", "-c", place, "sh", *cgroups, "--", "prlimit", f"--nproc={limits.PIDS_MAX}",
-                   f"--fsize={spec.disk_mb * 1024 * 1024}", "--core=0", "--", command[0], "--args", str(read_end), *command[split:]]
+        # Then cap processes and file sizes per user.
+        wrapper = _placed(cgroups, ["prlimit", f"--nproc={limits.PIDS_MAX}", f"--fsize={spec.disk_mb * 1024 * 1024}",
+                                    "--core=0", "--", command[0], "--args", str(read_end), *command[split:]])
         try:
             with layout.log.open("ab") as log:
                 child = subprocess.Popen(wrapper, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, pass_fds=(read_end,),
-                                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                                         start_new_session=True, pass_fds=(read_end, *theirs), env={"PATH": PATH})
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
         finally:
-            os.close(read_end)
+            for fd in (read_end, *theirs):
+                os.close(fd)
         with self._lock:
             self._children[spec.bubble] = child
         started = _start_time(child.pid) or 0
-        layout.state.write_text(state_document(spec, pid=child.pid, started=started, host_uid=uid, cgroups=cgroups,
-                                               disk_mounted=self.disks))
+
+        def record(slirp: tuple[int, int] | None = None) -> None:
+            layout.state.write_text(state_document(spec, pid=child.pid, started=started, host_uid=uid, cgroups=cgroups,
+                                                   disk_mounted=self.disks, slirp=slirp))
+
+        record()  # first, so that whatever fails from here on finds the sandbox to kill
+        if ours:
+            info_r, block_w, exit_r = ours
+            try:
+                record(self._open_network(spec.bubble, layout, info_r, exit_r, cgroups))
+                os.write(block_w, b"1")
+            except BaseException:
+                self._kill(spec.bubble)  # before it reads the end of its pipe and goes on without a network
+                raise
+            finally:
+                for fd in ours:
+                    os.close(fd)
         return Endpoint("unix", str(layout.socket))
+
+    def _open_network(self, bubble: str, layout: Layout, info: int, exit_fd: int, cgroups: list[str]) -> tuple[int, int]:
+        """Isolate the waiting sandbox's network namespace (network.py), then attach slirp4netns
+        to it, in the bubble's cgroups; its (pid, start time) once tap0 is configured."""
+        if not Path("/dev/net/tun").exists():
+            raise RuntimeFailure("open bubbles need /dev/net/tun (the tun kernel module) for slirp4netns")
+        try:
+            pid = int(json.loads(_read(info, NETWORK_TIMEOUT))["child-pid"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeFailure(f"the sandbox did not report its pid: {exc}") from None
+        _run(network.in_namespace(pid, ["sysctl", "-q", "-w", *network.IPV6_OFF]))
+        _run(network.in_namespace(pid, ["ip", "-batch", "-"]), network.isolation_batch(_host_addresses()))
+        ready_r, ready_w = os.pipe()
+        try:
+            try:
+                with layout.network_log.open("ab") as log:
+                    slirp = subprocess.Popen(_placed(cgroups, network.slirp_command(pid, exit_fd=exit_fd, ready_fd=ready_w)),
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True, pass_fds=(exit_fd, ready_w), env={"PATH": PATH})
+            finally:
+                os.close(ready_w)
+            with self._lock:
+                self._slirps[bubble] = slirp
+            found = (slirp.pid, _start_time(slirp.pid) or 0)
+            if _read(ready_r, NETWORK_TIMEOUT, want=1) != b"1":
+                tail = _last_line(layout.network_log)
+                raise RuntimeFailure("slirp4netns did not configure the bubble's network"
+                                     + (f": {tail}" if tail else ""))
+            return found
+        finally:
+            os.close(ready_r)
 
     def status(self, bubble: str) -> SandboxStatus:
         state = self._state(bubble)
@@ -202,12 +279,7 @@ class LocalRuntime:
         return SandboxStatus(bubble, EXITED, reason=self._exit_reason(bubble, code))
 
     def _exit_reason(self, bubble: str, code: int | None) -> str:
-        tail = ""
-        try:
-            lines = self.layout(bubble).log.read_text(errors="replace").strip().splitlines()
-            tail = lines[-1][:300] if lines else ""
-        except OSError:
-            pass
+        tail = _last_line(self.layout(bubble).log)
         if code is not None and code < 0:
             what = f"killed by signal {signal.Signals(-code).name}"
         elif code is not None:
@@ -228,9 +300,17 @@ class LocalRuntime:
                         _signal(grandchild, signal.SIGKILL)
                     _signal(child, signal.SIGKILL)
                 _signal(pid, signal.SIGKILL)
+            slirp = state.get("slirp")  # it exits with the sandbox anyway; this one is not left to chance
+            if slirp and _start_time(slirp["pid"]) == slirp["started"]:
+                _signal(slirp["pid"], signal.SIGKILL)
             limits.kill_cgroups(state.get("cgroups", []))
         with self._lock:
             child = self._children.pop(bubble, None)
+            slirp_child = self._slirps.pop(bubble, None)
+        if slirp_child is not None:
+            slirp_child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                slirp_child.wait(10)
         if child is not None:
             try:
                 child.wait(10)
@@ -274,6 +354,53 @@ class LocalRuntime:
         if not self.root.exists():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _placed(cgroups: list[str], argv: list[str]) -> list[str]:
+    return ["sh", "-c", PLACE, "sh", *cgroups, "--", *argv]
+
+
+def _read(fd: int, timeout: float, *, want: int | None = None) -> bytes:
+    """What a pipe gives until its writer closes it (or `want` bytes came); a RuntimeFailure
+    past the timeout, so that a sandbox that never reports cannot hold a start for ever."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while want is None or len(data) < want:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise RuntimeFailure(f"the bubble's network was not ready within {timeout:g} s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    """A host tool's output; a RuntimeFailure naming the tool and its complaint."""
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=NETWORK_TIMEOUT,
+                              env={"PATH": PATH})
+    except subprocess.TimeoutExpired:
+        raise RuntimeFailure(f"{argv[0]} did not finish within {NETWORK_TIMEOUT:g} s") from None
+    if done.returncode != 0:
+        tool = argv[argv.index("--") + 1] if "--" in argv else argv[0]
+        raise RuntimeFailure(f"setting up the bubble's network: {tool}: {done.stderr.strip()[:300]}")
+    return done.stdout
+
+
+def _host_addresses() -> list[str]:
+    """The host's own IPv4 addresses, now: an open bubble gets no route to any of them."""
+    links = json.loads(_run(["ip", "-j", "-4", "address", "show"]) or "[]")
+    return [a["local"] for link in links for a in link.get("addr_info", []) if "local" in a]
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -8,8 +8,9 @@ the new root read-only. It then drops to the bubble's own unprivileged host user
 the inner one enters a user namespace where that user is `researcher` (uid 1000) with no
 capabilities, and further user namespaces are disabled. Inside: the system and the Python
 environment read-only, the views read-only under /data, a writable home (with the outbox) and
-a private /tmp, and nothing of the host's files, processes or network unless the profile opens
-the network (open-data bubbles only).
+a private /tmp, and nothing of the host's files or processes. Every bubble has its own network
+namespace: loopback only, or for `open` bubbles (open data only) user-mode networking to the
+internet that network.py describes, set up by the controller while the outer bubblewrap waits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from controller.runtimes import network
 from controller.runtimes.base import SandboxSpec
 
 INSIDE_UID = 1000
@@ -30,8 +32,10 @@ TOKEN_FILE = "token"
 SYSTEM = ("/usr",)
 MERGED_USR = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 KERNEL_MOUNTS = ("/proc", "/dev", "/tmp")  # mounted first: binds below them (an env under /tmp) stay visible
-# Host files an open bubble needs to resolve names and check certificates; a closed one has none.
-OPEN_NETWORK_ETC = ("/etc/resolv.conf", "/etc/ssl", "/etc/ca-certificates", "/etc/nsswitch.conf")
+# Host files an open bubble needs to check certificates; a closed one has none.
+OPEN_NETWORK_ETC = ("/etc/ssl", "/etc/ca-certificates")
+# Names from /etc/hosts and DNS only: none of the host's NSS modules (LDAP, systemd-resolved...).
+OPEN_NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 
 
 @dataclass(frozen=True)
@@ -69,16 +73,34 @@ class Layout:
     def disk(self) -> Path:
         return self.root / "disk.img"
 
+    @property
+    def network_log(self) -> Path:
+        return self.root / "network.log"
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """File descriptors through which the controller sets up an open bubble's network while the
+    outer bubblewrap waits, before anything runs inside."""
+
+    info: int  # bubblewrap writes the sandbox's pid (as JSON) here, then closes it
+    block: int  # bubblewrap waits for a byte here before running the bubble's first process
+    sync: int  # bubblewrap holds it open while the sandbox lives: slirp4netns exits when it closes
+
 
 def etc_files(spec: SandboxSpec) -> dict[str, str]:
-    """The bubble's /etc: who the researcher is, and a hosts file that knows only localhost."""
-    return {
+    """The bubble's /etc: who the researcher is, and a hosts file that knows only localhost; for
+    an open bubble, a resolver inside its own network and name lookups without the host's NSS."""
+    files = {
         "passwd": f"{INSIDE_USER}:x:{INSIDE_UID}:{INSIDE_UID}:researcher:{INSIDE_HOME}:/bin/bash\n"
                   "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         "group": f"{INSIDE_USER}:x:{INSIDE_UID}:\nnogroup:x:65534:\n",
         "hostname": f"bulle-{spec.bubble[:12]}\n",
         "hosts": f"127.0.0.1 localhost bulle-{spec.bubble[:12]}\n::1 localhost\n",
     }
+    if spec.network == "open":
+        files |= {"resolv.conf": network.resolv_conf(), "nsswitch.conf": OPEN_NSSWITCH}
+    return files
 
 
 def jupyter_config() -> str:
@@ -143,8 +165,11 @@ def _ancestors(targets: list[str]) -> list[str]:
 
 
 def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python_base: Path, host_uid: int,
-                  bwrap: str = "bwrap", setpriv: str = "setpriv") -> list[str]:
-    """The command that runs the bubble's Jupyter Server, as root, from the controller."""
+                  handshake: Handshake | None = None, bwrap: str = "bwrap", setpriv: str = "setpriv") -> list[str]:
+    """The command that runs the bubble's Jupyter Server, as root, from the controller. An open
+    bubble needs the handshake: it waits, in its new namespaces, until its network is set up."""
+    if (spec.network == "open") != (handshake is not None):
+        raise ValueError("an open bubble, and only an open bubble, starts with a network handshake")
     ro: list[tuple[str, str]] = [(p, p) for p in SYSTEM]
     for path in (python_base, python_env):
         if not any(str(path) == p or str(path).startswith(p + "/") for p in SYSTEM):
@@ -157,9 +182,9 @@ def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python
     targets = [t for _, t in ro + rw]
     directories = [str(INSIDE_DATA), *_ancestors(targets)]
 
-    outer = [bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try"]
-    if spec.network == "none":
-        outer.append("--unshare-net")
+    outer = [bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-net", "--unshare-cgroup-try"]
+    if handshake is not None:
+        outer += ["--info-fd", str(handshake.info), "--block-fd", str(handshake.block), "--sync-fd", str(handshake.sync)]
     outer += ["--hostname", f"bulle-{spec.bubble[:12]}", "--new-session", "--clearenv",
               "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     for name, value in sorted(environment(spec, python_env).items()):
@@ -181,7 +206,9 @@ def bwrap_command(spec: SandboxSpec, layout: Layout, *, python_env: Path, python
 
 
 def state_document(spec: SandboxSpec, *, pid: int, started: int, host_uid: int, cgroups: list[str],
-                   disk_mounted: bool) -> str:
-    """What a restarted controller needs to find the sandbox again (sandbox.json)."""
+                   disk_mounted: bool, slirp: tuple[int, int] | None = None) -> str:
+    """What a restarted controller needs to find the sandbox again (sandbox.json), and its
+    slirp4netns (pid, start time) for an open bubble."""
     return json.dumps({"bubble": spec.bubble, "project": spec.project, "pid": pid, "started": started,
-                       "host_uid": host_uid, "cgroups": cgroups, "disk_mounted": disk_mounted}, indent=2)
+                       "host_uid": host_uid, "cgroups": cgroups, "disk_mounted": disk_mounted,
+                       "slirp": None if slirp is None else {"pid": slirp[0], "started": slirp[1]}}, indent=2)
