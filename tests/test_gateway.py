@@ -1,5 +1,5 @@
 """The gateway from the attacker's side: files of the home asked for through Jupyter's routes,
-a floods of refusals, another site's page driving the researcher's browser, tickets replayed
+a flood of refusals, another site's page driving the researcher's browser, tickets replayed
 or read from the logs, sessions outliving their user, and the researcher's own code going
 after the Jupyter server's secrets or putting a server of its own in its place.
 
