@@ -228,6 +228,16 @@ class Bubble(Base):
     ended_at: Mapped[str | None] = mapped_column(String(32))
 
 
+class UsedTicket(Base):
+    """A gateway ticket already used (controller.gateway), kept until it would have expired so
+    that no controller process of the site, now or after a restart, lets it in again."""
+
+    __tablename__ = "used_tickets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[str] = mapped_column(String(32), index=True)
+
+
 class ExportRequest(Base):
     """A request to take files out of a bubble, through checks, policy and review (controller.exports)."""
 

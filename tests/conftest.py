@@ -14,7 +14,9 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import psycopg
 import pytest
 
@@ -173,3 +175,11 @@ def remove_bubbles(home: Path) -> list[str]:
     for bubble_id in found:
         runtime.delete(bubble_id)
     return found
+
+
+def open_bubble_link(browser: httpx.Client, link: str) -> httpx.Response:
+    """What the page at a bubble's link does in a browser: post the ticket it finds in the
+    fragment back to the page, from the page's own origin."""
+    page, _, fragment = link.partition("#")
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(page))
+    return browser.post(page, data={"ticket": dict(parse_qsl(fragment)).get("ticket", "")}, headers={"Origin": origin})

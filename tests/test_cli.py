@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import free_port, remove_bubbles
+from conftest import free_port, open_bubble_link, remove_bubbles
 from controller.cli import app
 
 runner = CliRunner()
@@ -101,7 +101,7 @@ def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> N
     assert link, demo_site["banner"]
     bubble_id = re.search(r"/bubbles/(b-[0-9a-f]+)/open", link.group(1)).group(1)
     with httpx.Client(timeout=30, follow_redirects=True) as browser:
-        opened = browser.get(link.group(1))  # follows the redirect with the session cookie set
+        opened = open_bubble_link(browser, link.group(1))  # follows the redirect with the session cookie set
         assert opened.status_code == 200 and "JupyterLab" in opened.text, opened.text[:300]
         assert browser.get(f"{url}/bubbles/{bubble_id}/api/status").status_code == 200
     assert httpx.get(f"{url}/bubbles/{bubble_id}/api/status").status_code == 404  # no cookie, no token

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.model import SourceSpec
@@ -63,8 +66,15 @@ class _TooLarge(Exception):
     pass
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await run_in_threadpool(app.state.gate.close)  # the gateway's pending counts of refusals go in the log before it closes
+
+
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="bulles",
         version="0.1.0",
         summary="Secure per-project processing bubbles for sensitive education data",

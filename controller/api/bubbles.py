@@ -70,7 +70,7 @@ async def delete(bubble_id: str, caller: Principal = Depends(principal), bubbles
     return await run_in_threadpool(bubbles.delete, caller, bubble_id)
 
 
-@router.post("/bubbles/{bubble_id}/sessions", summary="A link (valid 2 minutes) that opens the bubble in a browser")
+@router.post("/bubbles/{bubble_id}/sessions", summary="A link (valid one minute, once) that opens the bubble in a browser")
 def open_link(bubble_id: str, caller: Principal = Depends(principal), db: Session = Depends(session),
               site: Platform = Depends(platform), bubbles: Bubbles = Depends(lifecycle)) -> dict[str, Any]:
     row = bubbles.get(db, caller, bubble_id)

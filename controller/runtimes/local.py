@@ -31,8 +31,8 @@ from controller.digests import file_sha256
 from controller.runtimes import limits, network
 from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Removed, RuntimeFailure,
                                       RuntimeUnavailable, SandboxSpec, SandboxStatus)
-from controller.runtimes.sandbox import (TOKEN_FILE, Handshake, Layout, bwrap_command, etc_files, jupyter_config,
-                                         state_document)
+from controller.runtimes.sandbox import (CONFIG_DIR, DATA_DIR, TOKEN_FILE, Handshake, Layout, bwrap_command,
+                                         etc_files, jupyter_config, page_config, state_document)
 from controller.runtimes.uids import UID_FILE, UidConflict, UidRegistry
 
 log = logging.getLogger(__name__)
@@ -160,14 +160,24 @@ class LocalRuntime:
         SOCKETS.mkdir(mode=0o700, exist_ok=True)
         self.sockets.mkdir(mode=0o700, exist_ok=True)
         layout.run.mkdir(mode=0o700)
-        config = layout.run / "config"
-        config.mkdir(mode=0o755)
-        (config / "jupyter_server_config.py").write_text(jupyter_config())
+        # Jupyter's configuration and data directories are root's, read-only inside. The run
+        # directory is root's too, sticky and writable by all (not listable): Jupyter creates its
+        # socket there and deletes its own token file, but cannot rename or replace what root
+        # put there (a configuration or data directory of its making would reach the gateway).
+        config = layout.run / CONFIG_DIR
+        files = {config / "jupyter_server_config.py": jupyter_config(),
+                 config / "labconfig" / "page_config.json": json.dumps(page_config(), indent=2)}
+        for directory in (config, config / "labconfig", layout.run / DATA_DIR):
+            directory.mkdir()
+            os.chmod(directory, 0o755)
+        for path, text in files.items():
+            path.write_text(text)
+            os.chmod(path, 0o644)
         token = layout.run / TOKEN_FILE
         token.write_text(spec.token)
         os.chmod(token, 0o600)
         os.chown(token, uid, uid)
-        os.chown(layout.run, uid, uid)
+        os.chmod(layout.run, 0o1733)
 
     def create(self, spec: SandboxSpec) -> Endpoint:
         layout = self.layout(spec.bubble)

@@ -29,6 +29,19 @@ INSIDE_RUN = PurePosixPath("/run/bulle")
 INSIDE_DATA = PurePosixPath("/data")
 SOCKET = "jupyter.sock"
 TOKEN_FILE = "token"
+CONFIG_DIR, DATA_DIR = "config", "share"  # under /run/bulle, written by the controller, read-only inside
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+DOWNLOAD_PLUGINS = (
+    "@jupyterlab/docmanager-extension:download",
+    "@jupyterlab/docmanager-extension:open-browser-tab",
+    "@jupyterlab/filebrowser-extension:download",
+    "@jupyterlab/filebrowser-extension:open-browser-tab",
+    "@jupyterlab/notebook-extension:export",
+    "@jupyterlab/imageviewer-extension:plugin",
+    "@jupyterlab/pdf-extension:factory",
+    "@jupyterlab/audio-extension:plugin",
+    "@jupyterlab/video-extension:plugin",
+)
 SYSTEM = ("/usr",)
 MERGED_USR = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 KERNEL_MOUNTS = ("/proc", "/dev", "/tmp")  # mounted first: binds below them (an env under /tmp) stay visible
@@ -104,24 +117,78 @@ def etc_files(spec: SandboxSpec) -> dict[str, str]:
 
 
 def jupyter_config() -> str:
-    """Read as Python by Jupyter Server at start: takes the token from its file and deletes it,
-    so that neither the researcher's code nor anything else in the bubble finds it later in a
-    file, an argument or the environment."""
-    return (
-        "import os\n"
-        f"_path = {str(INSIDE_RUN / TOKEN_FILE)!r}\n"
-        "with open(_path) as _f:\n"
-        "    c.IdentityProvider.token = _f.read().strip()\n"
-        "os.unlink(_path)\n"
-        "c.ServerApp.allow_remote_access = True  # the Host is the gateway's; only the gateway reaches the socket\n"
-        "c.ServerApp.open_browser = False\n"
-        "c.ServerApp.answer_yes = True\n"
-        "c.IdentityProvider.cookie_name = 'bulle-jupyter'\n"
-    )
+    """Read as Python by Jupyter Server at start, in the server's own process.
+
+    First it makes the process undumpable (prctl PR_SET_DUMPABLE 0): the kernels and terminals it
+    starts run as the same user, and could otherwise attach to it with ptrace or read its memory
+    and environment through /proc. execve resets the flag, so those children stay ordinary
+    processes; it is set before the token is read, so the token is never in a dumpable process.
+    Then it takes the gateway's token from its file and deletes it (no file, argument or
+    environment variable holds it), and installs an identity provider that admits a request only
+    when it carries that token *and* comes from a process outside the bubble: the kernel checks
+    the peer of every connection on the socket, and any process of the bubble runs as the
+    researcher's uid, the gateway as one the bubble's user namespace does not map. A token
+    stolen by the researcher's code (say, by a fake server put in place of the socket) is then
+    of no use to it. The provider's own `token` stays empty: JupyterLab copies it into the page
+    it serves. Jupyter's login cookie is never set, and its cookie secret is random and in
+    memory only."""
+    token = str(INSIDE_RUN / TOKEN_FILE)
+    return f"""\
+import ctypes, hmac, os, socket, struct
+_libc = ctypes.CDLL(None, use_errno=True)
+if _libc.prctl({PR_SET_DUMPABLE}, 0, 0, 0, 0) != 0:
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+from jupyter_server.auth.identity import IdentityProvider, User
+with open({token!r}) as _f:
+    _GATEWAY = ("token " + _f.read().strip()).encode()
+os.unlink({token!r})
+
+
+def _from_outside(handler):
+    try:
+        peer = handler.request.connection.stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except (AttributeError, OSError):
+        return False
+    return struct.unpack("3i", peer)[1] != os.getuid()
+
+
+class GatewayIdentity(IdentityProvider):
+    def get_user(self, handler):
+        presented = handler.request.headers.get("Authorization", "").encode()
+        if not (hmac.compare_digest(presented, _GATEWAY) and _from_outside(handler)):
+            return None
+        handler._token_authenticated = True  # Origin and XSRF are the gateway's to check
+        return User(username={INSIDE_USER!r})
+
+    @property
+    def login_available(self):
+        return False
+
+
+c.ServerApp.identity_provider_class = GatewayIdentity
+c.GatewayIdentity.token = ""
+c.ServerApp.cookie_secret = os.urandom(32)  # no jupyter_cookie_secret file
+c.NotebookNotary.db_file = ":memory:"  # the data directory is read-only: notebook trust lasts a server's life
+c.NotebookNotary.secret = os.urandom(32)
+c.ServerApp.allow_remote_access = True  # the Host is the gateway's; only the gateway reaches the socket
+c.ServerApp.open_browser = False
+c.ServerApp.answer_yes = True
+"""
+
+
+def page_config() -> dict[str, dict[str, bool]]:
+    """JupyterLab's labconfig/page_config.json: the plugins whose only use is to hand a file of the
+    home to the browser (download, open in a new browser tab, export a notebook through
+    nbconvert, the viewers that read a file as base64 or from /files/) are not loaded. The
+    gateway refuses what they would ask for anyway; without them nothing in the menus offers it."""
+    return {"disabledExtensions": {plugin: True for plugin in DOWNLOAD_PLUGINS}}
 
 
 def environment(spec: SandboxSpec, python_env: Path) -> dict[str, str]:
-    """The whole environment inside (bubblewrap starts from an empty one)."""
+    """The whole environment inside (bubblewrap starts from an empty one). Jupyter's data
+    directory is an empty, read-only one: in the home, the researcher's code could add a lab
+    extension, a kernelspec or a theme there, whose files Jupyter would then serve as static
+    files."""
     return {
         "PATH": f"{python_env}/bin:/usr/bin:/bin",
         "HOME": str(INSIDE_HOME),
@@ -134,9 +201,9 @@ def environment(spec: SandboxSpec, python_env: Path) -> dict[str, str]:
         "BULLE_PROJECT": spec.project,
         "BULLE_DATA": str(INSIDE_DATA),
         "BULLE_OUTBOX": str(INSIDE_HOME / "outbox"),
-        "JUPYTER_CONFIG_DIR": str(INSIDE_RUN / "config"),
+        "JUPYTER_CONFIG_DIR": str(INSIDE_RUN / CONFIG_DIR),
         "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
-        "JUPYTER_DATA_DIR": str(INSIDE_HOME / ".local/share/jupyter"),
+        "JUPYTER_DATA_DIR": str(INSIDE_RUN / DATA_DIR),
         "IPYTHONDIR": str(INSIDE_HOME / ".ipython"),
         "MPLCONFIGDIR": "/tmp/matplotlib",
     }
