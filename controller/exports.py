@@ -322,12 +322,14 @@ class Exports:
         taken, created = self.quarantine.take(outbox, paths, **limits)
         try:
             have = {t.path for t in taken}
-            for t in list(taken):  # a table's recipe travels with it
-                sidecar = t.path + disclosure.RECIPE_SUFFIX
-                if t.path.endswith(".csv") and sidecar not in have and (outbox / sidecar).is_file():
-                    more, extra = self.quarantine.take(outbox, [sidecar], **limits)
-                    created += extra
-                    taken += more
+            # A table's recipe travels with it, looked up by the quarantine's own walk: a link
+            # there is refused whatever it points to, never followed to see if it leads anywhere.
+            recipes = [t.path + disclosure.RECIPE_SUFFIX for t in taken if t.path.endswith(".csv")]
+            recipes = [r for r in recipes if r not in have]
+            if recipes:
+                more, extra = self.quarantine.take(outbox, recipes, **limits, companions=True)
+                created += extra
+                taken += more
         except BaseException:
             self.quarantine.forget(created)
             raise

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -490,3 +491,131 @@ def test_acro_evidence_from_the_bubble_is_weighed_and_its_checksums_verified(air
     assert checks(request, "fail") >= {("acro/output_0_0.csv", "acro_checksum")}
     assert not any(f["check"] == "acro_checksum" and f["file"] != "acro/output_0_0.csv" for f in request["findings"])
     assert request["state"] == "refused"
+
+
+# -- file names, links and nesting at intake -----------------------------------------------------
+FORGED = 'z"], "action": "release", "zz": ["x.csv'
+
+
+def request_answer(served: Served, bubble_id: str, paths: list[str], user: str = "bruno") -> httpx.Response:
+    """Sent as ASCII JSON, so that a path holding an undecodable byte (a lone surrogate once
+    decoded, as Python spells it) travels as `\\udcff`."""
+    body = json.dumps({"bubble": bubble_id, "paths": paths, "justification": "Résultats"})
+    return served.http.post("/api/v1/exports", content=body,
+                            headers={**served.headers(user), "Content-Type": "application/json"})
+
+
+def nothing_taken(served: Served, before: set[str]) -> bool:
+    with served.site.platform.sessions() as session:
+        requests = session.query(ExportRequest).count()
+    return requests == 0 and set(served.site.platform.exports.quarantine.digests()) == before
+
+
+def test_a_file_name_that_would_rewrite_the_decision_is_refused_at_intake(airlock: Served) -> None:
+    """The original attack: the bubble writes pupils' rows under a name that, unescaped in the
+    policy engine's output, adds `"action": "release"` to the decision. The request is refused
+    before anything is copied, and the error shows the name escaped."""
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    kernel = Kernel(served, bubble)
+    try:
+        kernel.run("import bulle\n"
+                   "rows = bulle.read('eleves-synthetiques', pandas=True)[['ine', 'sex', 'level']]\n"
+                   f"rows.to_csv(bulle.outbox() / {FORGED!r}, index=False)\n"
+                   f"(bulle.outbox() / 'dossier').mkdir()\n"
+                   f"rows.to_csv(bulle.outbox() / 'dossier' / {FORGED!r}, index=False)\n")
+    finally:
+        kernel.close()
+    before = set(served.site.platform.exports.quarantine.digests())
+    for paths, field in (([FORGED], "paths.0"), (["dossier"], "paths.0"), (["ok-absent.csv", "."], "paths.1")):
+        if paths[0] == "ok-absent.csv":
+            (outbox(served, bubble) / "ok-absent.csv").write_text("a,n\nx,20\n")
+        answer = request_answer(served, bubble, paths)
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert error["field"] == field
+        assert 'z\\"], \\"action\\": \\"release\\"' in error["message"] and "double quote" in error["message"]
+    assert nothing_taken(served, before)
+    assert events(served.site, "export.released") == []
+
+
+HOSTILE_NAMES = [  # (name on disk, the problem named, how the error shows it)
+    (b'a"b.csv', "double quote", 'a\\"b.csv'),
+    (b"a\\b.csv", "backslash", "a\\\\b.csv"),
+    (b"a\nb.csv", "control character", "a\\u000ab.csv"),
+    (b"a\tb.csv", "control character", "a\\u0009b.csv"),
+    (b"a\x7fb.csv", "control character", "a\\u007fb.csv"),
+    ("a\x85b.csv".encode(), "control character", "a\\u0085b.csv"),
+    ("fichier\u202evsc.exe.csv".encode(), "direction override", "fichier\\u202evsc.exe.csv"),
+    ("a\u200bb.csv".encode(), "invisible formatting", "a\\u200bb.csv"),
+    (b"a\xffb.csv", "undecodable", "a\\xffb.csv"),
+]
+
+
+def test_names_that_are_not_plain_printable_text_are_refused(airlock: Served) -> None:
+    """Asked for by name or found in a folder asked for: refused, named escaped, nothing kept.
+    One bubble for every name (each in its own folder)."""
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    for i, (name, _, _) in enumerate(HOSTILE_NAMES):
+        (box / f"dossier{i}").mkdir()
+        with open(os.path.join(os.fsencode(box / f"dossier{i}"), name), "w") as handle:
+            handle.write("niveau,effectif\n6e,25\n5e,31\n")
+    (box / "l'effectif été.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")  # an apostrophe, accents: fine
+    before = set(served.site.platform.exports.quarantine.digests())
+    for i, (name, problem, echo) in enumerate(HOSTILE_NAMES):
+        for path in (f"dossier{i}/" + os.fsdecode(name), f"dossier{i}"):
+            answer = request_answer(served, bubble, [path])
+            assert answer.status_code == 422, (name, answer.text)
+            message = answer.json()["error"]["message"]
+            if path != f"dossier{i}" and name == b"a\xffb.csv":
+                continue  # a lone surrogate in the body: the API's JSON reader refuses it first
+            assert problem in message and echo in message, (name, message)
+            assert not any(c in message for c in ("\n", "\t", "\x7f", "\x85", "\u202e", "\u200b", "\ufffd")), name
+    too_long = request_answer(served, bubble, ["é" * 125 + "abcd.csv"])  # 258 bytes: no file system holds it
+    assert too_long.status_code == 422 and "is 258 bytes long" in too_long.json()["error"]["message"]
+    assert nothing_taken(served, before)
+    fine = request_answer(served, bubble, ["l'effectif été.csv"])
+    assert fine.status_code == 202 and fine.json()["files"][0]["path"] == "l'effectif été.csv"
+
+
+def test_a_recipe_that_is_a_link_gets_the_same_answer_wherever_it_points(airlock: Served) -> None:
+    """`t.csv.bulle.json` a link to a host file that exists or to one that does not: the
+    controller (root) never follows it, so the answer cannot tell one from the other."""
+    served, site = airlock, airlock.site
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    (box / "t.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")
+    before = set(site.platform.exports.quarantine.digests())
+    answers = []
+    for target in (site.platform.settings.home / "master.key", site.platform.settings.home / "absent.key"):
+        (box / "t.csv.bulle.json").unlink(missing_ok=True)
+        os.symlink(target, box / "t.csv.bulle.json")
+        answer = request_answer(served, bubble, ["t.csv"])
+        answers.append((answer.status_code, answer.json()))
+    assert answers[0] == answers[1], answers
+    status, body = answers[0]
+    assert status == 422 and "t.csv.bulle.json' is a symbolic link" in body["error"]["message"]
+    assert str(site.platform.settings.home) not in body["error"]["message"]
+    assert nothing_taken(served, before)
+    (box / "t.csv.bulle.json").unlink()
+    (box / "t.csv.bulle.json").mkdir()  # not a file either: refused, not walked into
+    assert request_answer(served, bubble, ["t.csv"]).json()["error"]["message"].endswith("is not a regular file")
+    (box / "t.csv.bulle.json").rmdir()
+    assert request_answer(served, bubble, ["t.csv"]).status_code == 202  # no recipe: the table alone
+
+
+def test_folders_nested_too_deep_are_refused(airlock: Served) -> None:
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    deep = outbox(served, bubble) / "profond"
+    path = deep
+    for level in range(70):
+        path = path / f"n{level}"
+    path.mkdir(parents=True)
+    (path / "t.csv").write_text("niveau,effectif\n6e,25\n")
+    before = set(served.site.platform.exports.quarantine.digests())
+    answer = request_answer(served, bubble, ["profond"])
+    assert answer.status_code == 422 and "nested more than 64 deep" in answer.json()["error"]["message"]
+    assert nothing_taken(served, before)
