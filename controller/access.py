@@ -20,6 +20,7 @@ from catalog.vocab import PERSONAL_SENSITIVITIES, AccessMode, Role, Sensitivity
 from controller import projects, sources
 from controller.audit.log import Event
 from controller.auth import Principal
+from controller.decisions import AccessDecision
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
 from controller.policy import Decision
@@ -142,8 +143,8 @@ def request_access(platform: Platform, principal: Principal, project_id: str, bo
                "mode": body.mode.value if body.mode else None, "requester": principal.username}
     document = policy_input(project, source, request, now)
     decision = platform.decide("access", document)
-    result = decision.result
-    status = result.get("status") if result.get("status") in (GRANTED, PENDING, DENIED) else DENIED
+    result = decision.typed(AccessDecision)
+    status = result.status
     request_id = "r-" + uuid.uuid4().hex[:20]
 
     def apply(session: Session) -> dict[str, Any]:
@@ -152,15 +153,14 @@ def request_access(platform: Platform, principal: Principal, project_id: str, bo
             id=request_id, project_id=project_id, source_id=body.source, publisher=source["publisher"],
             requester=principal.username, columns=columns, justification=body.justification,
             requested_mode=request["mode"], status=status, decision_id=decision.id,
-            mode=result.get("mode"), parameters=result.get("parameters") or {}, expiry=result.get("expiry"),
-            reasons=list(result.get("reasons") or []), reviewers=list(result.get("reviewers") or []), reviews=[],
+            mode=result.mode.value if result.mode else None, parameters=result.parameters.model_dump(mode="json"),
+            expiry=result.expiry, reasons=list(result.reasons),
+            reviewers=[r.model_dump(mode="json") for r in result.reviewers], reviews=[],
             created_at=iso(utcnow()), decided_at=None if status == PENDING else iso(utcnow()))
         session.add(row)
         session.flush()
         grant = None
-        if status == GRANTED:
-            if not row.mode or not row.expiry:
-                raise ApiError(500, "policy_incomplete", "the policy granted access without a mode or an expiry")
+        if status == GRANTED:  # the model guarantees a mode and an expiry
             grant = _new_grant(row, min(row.expiry, project["end_date"]))
             session.add(grant)
             session.flush()
@@ -170,15 +170,15 @@ def request_access(platform: Platform, principal: Principal, project_id: str, bo
         return Event(principal.actor, "access.requested", "access_request", request_id, {
             "project": project_id, "source": body.source, "status": status, "mode": view["mode"],
             "grant": view["grant"], "expiry": view["expiry"], "input_sha256": decision.input_sha256,
-            "reasons": [r.split(":", 1)[0] for r in view["reasons"]], "notify": result.get("notify") or [],
+            "reasons": [r.split(":", 1)[0] for r in view["reasons"]], "notify": list(result.notify),
             "policy_error": decision.error}, decision_id=decision.id, policy_revision=decision.revision)
 
     return platform.audit.append(event, apply).result
 
 
 def _required_approvals(row: AccessRequest) -> int:
-    counts = [r.get("count", 1) for r in row.reviewers if isinstance(r, dict)]
-    return max(1, sum(counts)) if counts else 1
+    """The approvals the policy asked for (its reviewers, validated when it decided)."""
+    return max(1, sum(int(r["count"]) for r in row.reviewers))
 
 
 def review(platform: Platform, principal: Principal, request_id: str, body: ReviewBody) -> dict[str, Any]:

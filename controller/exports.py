@@ -42,6 +42,7 @@ from controller import disclosure, projects, sources, views
 from controller.access import _record_decision
 from controller.audit.log import Event
 from controller.auth import Principal
+from controller.decisions import ExportDecision
 from controller.errors import ApiError, not_found
 from controller.quarantine import Quarantine, Taken
 from controller.releases import manifest as build_manifest
@@ -518,13 +519,12 @@ class Exports:
         stored = [f for f in row.files if f["stored"]]
         document = policy_input(project, grants, row.files, found, row.requester)
         decision = self.platform.decide("export", document)
-        result = decision.result
-        action = result.get("action") if result.get("action") in ("release", "review", "refuse") else "refuse"
+        result = decision.typed(ExportDecision)
+        action = result.action
         if action == "release" and len(stored) != len(row.files):
             action = "refuse"  # never release a file that is not in the quarantine
-        summary = {"action": action, "reviewers": int(result.get("reviewers") or 0),
-                   "organisations": list(result.get("organisations") or []),
-                   "reasons": list(result.get("reasons") or []), "revision": decision.revision, "id": decision.id}
+        summary = {**result.model_dump(mode="json"), "action": action, "revision": decision.revision,
+                   "id": decision.id}
         state = {"release": RELEASED, "review": IN_REVIEW, "refuse": REFUSED}[action]
 
         def finish(session: Session) -> dict[str, Any]:

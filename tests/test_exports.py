@@ -27,7 +27,9 @@ from controller import accounts
 from controller.audit.verify import verify as verify_log
 from controller.platform import Platform
 from controller.cli import app as cli
+from controller.exports import ExportBody
 from controller.home import SIGNING_PUB, load_public_key
+from controller.quarantine import Taken
 from controller.releases import verify
 from controller.store import ExportRequest, Project
 from test_bubbles import IPS, PUPILS, Kernel, Served, events, project, served  # noqa: F401 - the fixture
@@ -619,3 +621,28 @@ def test_folders_nested_too_deep_are_refused(airlock: Served) -> None:
     answer = request_answer(served, bubble, ["profond"])
     assert answer.status_code == 422 and "nested more than 64 deep" in answer.json()["error"]["message"]
     assert nothing_taken(served, before)
+
+
+def test_a_request_recorded_before_the_name_rule_is_refused_by_the_policy_layer(airlock: Served) -> None:
+    """Behind the intake rule, the engine layer on its own: a request whose file carries the
+    forged name (as one recorded before the rule, checked again at start) holds a disclosive
+    table; the policy engine's answer has the forged key twice, and that is a refusal with
+    `policy_error`, not a release."""
+    served, exports = airlock, airlock.site.platform.exports
+    bubble = bubble_of(served, "projet-x")
+    rows = "ine,level\n" + "".join(f"99{n:09d}A,6e\n" for n in range(30))
+    (outbox(served, bubble) / "lignes.csv").write_text(rows)
+    with exports._store_lock:
+        [taken], _ = exports.quarantine.take(outbox(served, bubble), ["lignes.csv"], max_bytes=1 << 20, max_files=10)
+        principal = served.site.platform.authenticate(served.site.tokens["bruno"])
+        body = ExportBody(bubble=bubble, paths=[FORGED], justification="x")
+        created = exports._record_request(principal, body, "projet-x", [Taken(FORGED, taken.size, taken.sha256, True)])
+    assert exports.wait(created["id"]) == "refused"
+    with served.site.platform.sessions() as session:
+        row = session.get(ExportRequest, created["id"])
+        assert row.decision["action"] == "refuse" and row.manifest is None and row.released_at is None
+        assert row.decision["reasons"] == ["policy_error: the engine's answer is not strict JSON"]
+        decision_id = row.decision_id
+    record = served.http.get(f"/api/v1/decisions/{decision_id}", headers=served.headers("david")).json()
+    assert record["error"].startswith('key "action" appears twice')
+    assert events(served.site, "export.released") == []
