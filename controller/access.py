@@ -9,6 +9,7 @@ committed together with their audit event.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any
 
@@ -34,6 +35,8 @@ from controller.store import (
     iso,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 PENDING, GRANTED, DENIED, REJECTED = "pending_review", "granted", "denied", "rejected"
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
@@ -75,6 +78,15 @@ def policy_input(project: dict[str, Any], source: dict[str, Any], request: dict[
         "source": source,
         "request": request,
     }
+
+
+def was_member(session: Session, decision_id: str | None, username: str) -> bool:
+    """Whether `username` was a member of the project in the input of a recorded decision (the
+    members the policy saw when the request was decided or checked)."""
+    record = session.get(DecisionRecord, decision_id) if decision_id else None
+    document = session.get(DecisionInput, record.input_sha256).document if record else {}
+    members = (document.get("project") or {}).get("members") or []
+    return any(isinstance(m, dict) and m.get("username") == username for m in members)
 
 
 def _record_decision(session: Session, decision: Decision, document: dict[str, Any]) -> None:
@@ -190,6 +202,10 @@ def review(platform: Platform, principal: Principal, request_id: str, body: Revi
             raise not_found("access request", request_id)
         if not principal.has(Role.provider) or principal.organisation != row.publisher:
             raise forbidden(f"only providers of '{row.publisher}' review requests for its sources")
+        if (principal.username == row.requester or projects.role_of(session, row.project_id, principal.username)
+                or was_member(session, row.decision_id, principal.username)):
+            raise ApiError(403, "member_review", f"members of project '{row.project_id}' never review its access "
+                           "requests")
         if row.status != PENDING:
             raise ApiError(409, "already_decided", f"access request '{request_id}' is already {row.status}")
         if any(r["reviewer"] == principal.username for r in row.reviews):
@@ -237,7 +253,15 @@ def revoke(platform: Platform, principal: Principal, grant_id: str, body: Revoke
             "project": view["project"], "source": view["source"], "reason": body.reason},
             decision_id=view["decision_id"])
 
-    return platform.audit.append(event, apply).result
+    revoked = platform.audit.append(event, apply).result
+    # Export requests holding the grant's data are cancelled now, each with its event (a vote
+    # arriving first finds the revocation in its own transaction and cancels instead).
+    if platform.exports is not None:
+        try:
+            platform.exports.cancel_closed()
+        except Exception:  # the revocation stands; the airlock's next pass cancels them
+            log.exception("cancelling the export requests of revoked grant %s failed", grant_id)
+    return revoked
 
 
 def _visible_filter(query: Any, model: Any, principal: Principal) -> Any:
