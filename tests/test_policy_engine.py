@@ -237,7 +237,7 @@ class FakeOpaServer:
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, status: int, body: Any) -> None:
-                raw = json.dumps(body).encode()
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
@@ -272,11 +272,7 @@ class FakeOpaServer:
                 fake.requests += 1
                 time.sleep(fake.delay)
                 if fake.raw_answer is not None:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(fake.raw_answer)))
-                    self.end_headers()
-                    self.wfile.write(fake.raw_answer)
+                    self._send(200, fake.raw_answer)
                     return
                 from regopy import Input
 
