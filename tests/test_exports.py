@@ -525,14 +525,14 @@ def test_a_file_name_that_would_rewrite_the_decision_is_refused_at_intake(airloc
         kernel.run("import bulle\n"
                    "rows = bulle.read('eleves-synthetiques', pandas=True)[['ine', 'sex', 'level']]\n"
                    f"rows.to_csv(bulle.outbox() / {FORGED!r}, index=False)\n"
-                   f"(bulle.outbox() / 'dossier').mkdir()\n"
-                   f"rows.to_csv(bulle.outbox() / 'dossier' / {FORGED!r}, index=False)\n")
+                   "(bulle.outbox() / 'dossier').mkdir()\n"
+                   f"rows.to_csv(bulle.outbox() / 'dossier' / {FORGED!r}, index=False)\n"
+                   "(bulle.outbox() / 'ok.csv').write_text('niveau,effectif\\n6e,25\\n')\n")
     finally:
         kernel.close()
     before = set(served.site.platform.exports.quarantine.digests())
-    for paths, field in (([FORGED], "paths.0"), (["dossier"], "paths.0"), (["ok-absent.csv", "."], "paths.1")):
-        if paths[0] == "ok-absent.csv":
-            (outbox(served, bubble) / "ok-absent.csv").write_text("a,n\nx,20\n")
+    # by its name, inside a folder asked for, and inside the whole outbox beside a harmless file
+    for paths, field in (([FORGED], "paths.0"), (["dossier"], "paths.0"), (["ok.csv", "."], "paths.1")):
         answer = request_answer(served, bubble, paths)
         assert answer.status_code == 422, answer.text
         error = answer.json()["error"]
