@@ -9,6 +9,7 @@ committed together with their audit event.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from catalog.vocab import PERSONAL_SENSITIVITIES, AccessMode, Role, Sensitivity
 from controller import projects, sources
 from controller.audit.log import Event
 from controller.auth import Principal
+from controller.decisions import AccessDecision
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
 from controller.policy import Decision
@@ -33,6 +35,8 @@ from controller.store import (
     iso,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 PENDING, GRANTED, DENIED, REJECTED = "pending_review", "granted", "denied", "rejected"
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
@@ -74,6 +78,15 @@ def policy_input(project: dict[str, Any], source: dict[str, Any], request: dict[
         "source": source,
         "request": request,
     }
+
+
+def was_member(session: Session, decision_id: str | None, username: str) -> bool:
+    """Whether `username` was a member of the project in the input of a recorded decision (the
+    members the policy saw when the request was decided or checked)."""
+    record = session.get(DecisionRecord, decision_id) if decision_id else None
+    document = session.get(DecisionInput, record.input_sha256).document if record else {}
+    members = (document.get("project") or {}).get("members") or []
+    return any(isinstance(m, dict) and m.get("username") == username for m in members)
 
 
 def _record_decision(session: Session, decision: Decision, document: dict[str, Any]) -> None:
@@ -142,8 +155,8 @@ def request_access(platform: Platform, principal: Principal, project_id: str, bo
                "mode": body.mode.value if body.mode else None, "requester": principal.username}
     document = policy_input(project, source, request, now)
     decision = platform.decide("access", document)
-    result = decision.result
-    status = result.get("status") if result.get("status") in (GRANTED, PENDING, DENIED) else DENIED
+    result = decision.typed(AccessDecision)
+    status = result.status
     request_id = "r-" + uuid.uuid4().hex[:20]
 
     def apply(session: Session) -> dict[str, Any]:
@@ -152,15 +165,14 @@ def request_access(platform: Platform, principal: Principal, project_id: str, bo
             id=request_id, project_id=project_id, source_id=body.source, publisher=source["publisher"],
             requester=principal.username, columns=columns, justification=body.justification,
             requested_mode=request["mode"], status=status, decision_id=decision.id,
-            mode=result.get("mode"), parameters=result.get("parameters") or {}, expiry=result.get("expiry"),
-            reasons=list(result.get("reasons") or []), reviewers=list(result.get("reviewers") or []), reviews=[],
+            mode=result.mode.value if result.mode else None, parameters=result.parameters.model_dump(mode="json"),
+            expiry=result.expiry, reasons=list(result.reasons),
+            reviewers=[r.model_dump(mode="json") for r in result.reviewers], reviews=[],
             created_at=iso(utcnow()), decided_at=None if status == PENDING else iso(utcnow()))
         session.add(row)
         session.flush()
         grant = None
-        if status == GRANTED:
-            if not row.mode or not row.expiry:
-                raise ApiError(500, "policy_incomplete", "the policy granted access without a mode or an expiry")
+        if status == GRANTED:  # the model guarantees a mode and an expiry
             grant = _new_grant(row, min(row.expiry, project["end_date"]))
             session.add(grant)
             session.flush()
@@ -170,15 +182,15 @@ def request_access(platform: Platform, principal: Principal, project_id: str, bo
         return Event(principal.actor, "access.requested", "access_request", request_id, {
             "project": project_id, "source": body.source, "status": status, "mode": view["mode"],
             "grant": view["grant"], "expiry": view["expiry"], "input_sha256": decision.input_sha256,
-            "reasons": [r.split(":", 1)[0] for r in view["reasons"]], "notify": result.get("notify") or [],
+            "reasons": [r.split(":", 1)[0] for r in view["reasons"]], "notify": list(result.notify),
             "policy_error": decision.error}, decision_id=decision.id, policy_revision=decision.revision)
 
     return platform.audit.append(event, apply).result
 
 
 def _required_approvals(row: AccessRequest) -> int:
-    counts = [r.get("count", 1) for r in row.reviewers if isinstance(r, dict)]
-    return max(1, sum(counts)) if counts else 1
+    """The approvals the policy asked for (its reviewers, validated when it decided)."""
+    return max(1, sum(int(r["count"]) for r in row.reviewers))
 
 
 def review(platform: Platform, principal: Principal, request_id: str, body: ReviewBody) -> dict[str, Any]:
@@ -190,6 +202,10 @@ def review(platform: Platform, principal: Principal, request_id: str, body: Revi
             raise not_found("access request", request_id)
         if not principal.has(Role.provider) or principal.organisation != row.publisher:
             raise forbidden(f"only providers of '{row.publisher}' review requests for its sources")
+        if (principal.username == row.requester or projects.role_of(session, row.project_id, principal.username)
+                or was_member(session, row.decision_id, principal.username)):
+            raise ApiError(403, "member_review", f"members of project '{row.project_id}' never review its access "
+                           "requests")
         if row.status != PENDING:
             raise ApiError(409, "already_decided", f"access request '{request_id}' is already {row.status}")
         if any(r["reviewer"] == principal.username for r in row.reviews):
@@ -237,7 +253,15 @@ def revoke(platform: Platform, principal: Principal, grant_id: str, body: Revoke
             "project": view["project"], "source": view["source"], "reason": body.reason},
             decision_id=view["decision_id"])
 
-    return platform.audit.append(event, apply).result
+    revoked = platform.audit.append(event, apply).result
+    # Export requests holding the grant's data are cancelled now, each with its event (a vote
+    # arriving first finds the revocation in its own transaction and cancels instead).
+    if platform.exports is not None:
+        try:
+            platform.exports.cancel_closed()
+        except Exception:  # the revocation stands; the airlock's next pass cancels them
+            log.exception("cancelling the export requests of revoked grant %s failed", grant_id)
+    return revoked
 
 
 def _visible_filter(query: Any, model: Any, principal: Principal) -> Any:

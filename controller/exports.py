@@ -4,8 +4,14 @@ the loop only where the checks cannot decide.
     submitted → checking → released | in_review | refused
     in_review → released (approved) | changes_requested | refused
     changes_requested → resubmitted → checking → …
-    submitted, checking, in_review, changes_requested, resubmitted → withdrawn
+    submitted, checking, in_review, changes_requested, resubmitted → withdrawn | cancelled
     released → revoked
+
+A request not yet released is `cancelled` as soon as the data its bubble holds may no longer
+leave: a grant its views came from is revoked or has expired, that grant's source is retired,
+or the project has ended. Every transition that could release (the end of a check, a vote) or
+start a new round looks again, in its own transaction, and cancels instead; a pass at start,
+after each revocation and every `reconcile_seconds` cancels the rest.
 
 Files are copied into the quarantine when the request is made, so what is checked, reviewed and
 released is what was asked for, whatever happens in the outbox afterwards. Checking runs in a
@@ -29,7 +35,7 @@ import queue
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -38,20 +44,22 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from catalog.vocab import PERSONAL_SENSITIVITIES, ColumnRole, Role, Sensitivity
-from controller import disclosure, projects, sources, views
+from controller import access, disclosure, projects, sources, views
 from controller.access import _record_decision
 from controller.audit.log import Event
 from controller.auth import Principal
+from controller.decisions import ExportDecision
 from controller.errors import ApiError, not_found
 from controller.quarantine import Quarantine, Taken
 from controller.releases import manifest as build_manifest
 from controller.releases import sign
-from controller.store import Bubble, ExportRequest, Grant, Project, ProjectMember, iso, utcnow
+from controller.store import Bubble, ExportRequest, Grant, Project, ProjectMember, SourceRow, iso, utcnow
 
 log = logging.getLogger(__name__)
 
 SUBMITTED, CHECKING, IN_REVIEW, CHANGES = "submitted", "checking", "in_review", "changes_requested"
 RESUBMITTED, RELEASED, REFUSED, WITHDRAWN, REVOKED = "resubmitted", "released", "refused", "withdrawn", "revoked"
+CANCELLED = "cancelled"
 TO_CHECK = (SUBMITTED, RESUBMITTED, CHECKING)
 WITHDRAWABLE = (SUBMITTED, CHECKING, IN_REVIEW, CHANGES, RESUBMITTED)
 VOTES = {"approve": RELEASED, "changes": CHANGES, "refuse": REFUSED}
@@ -148,6 +156,26 @@ def _moved(row: ExportRequest, state: str, by: str, note: str = "") -> None:
     row.history = [*row.history, {"state": state, "at": now, "by": by, **({"note": note} if note else {})}]
 
 
+def closure(today: str, project_end: str, held: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the files of a request not yet released may no longer leave, or None; pure. `held`
+    are the grants the bubble's views came from ({grant, source, status, source_status}, the
+    grant's status as `access.grant_view` tells it, "missing" when there is no such grant): data
+    from a grant that was revoked or has expired, or from a source since retired, stays in."""
+    if today > project_end:
+        return f"project_ended: the project ended on {project_end}; nothing more leaves its bubbles"
+    for entry in held:
+        named = f"the grant of '{entry['source']}' ({entry['grant']})"
+        if entry["status"] == "missing":
+            return f"grant_missing: {named} is not on record"
+        if entry["status"] == access.REVOKED:
+            return f"grant_revoked: {named}, from which the bubble's data came, was revoked"
+        if entry["source_status"] != sources.ACTIVE:
+            return f"source_retired: source '{entry['source']}', from which the bubble's data came, was retired"
+        if entry["status"] != access.ACTIVE:
+            return f"grant_{entry['status']}: {named}, from which the bubble's data came, is {entry['status']}"
+    return None
+
+
 def _files_of(taken: Sequence[Taken]) -> list[dict[str, Any]]:
     return [{"path": t.path, "size": t.size, "sha256": t.sha256, "stored": t.stored,
              "type": disclosure.file_type(t.path)} for t in taken]
@@ -198,12 +226,12 @@ class Exports:
 
     def _work(self) -> None:
         interval = self.platform.settings.reconcile_seconds or None
-        self._purge_logged()
+        self._housekeeping()
         while True:
             try:
                 request_id = self._queue.get(timeout=interval)
             except queue.Empty:
-                self._purge_logged()
+                self._housekeeping()
                 continue
             if request_id is None:
                 return
@@ -214,11 +242,91 @@ class Exports:
             with self._checked:
                 self._checked.notify_all()
 
-    def _purge_logged(self) -> None:
+    def _housekeeping(self) -> None:
+        """Cancel what may no longer leave, then purge what nobody needs (cancelled included)."""
+        try:
+            self.cancel_closed()
+        except Exception:
+            log.exception("cancelling export requests failed; it is tried again at the next pass")
         try:
             self.purge()
         except Exception:
             log.exception("purging the quarantine failed; it is tried again at the next pass")
+
+    # ---------------------------------------------------------------- provenance
+
+    def _closed(self, session: Session, project_id: str, bubble_id: str, *, lock: bool = True) -> str | None:
+        """`closure` of a request from the state; in a transition's transaction (`lock`), the rows
+        it depends on are read FOR SHARE, so a revocation or retirement committing meanwhile
+        waits for it or is seen by it (PostgreSQL; SQLite has one writer at a time)."""
+        share = {"read": True} if lock else None
+        project = session.get(Project, project_id, with_for_update=share)
+        bubble = session.get(Bubble, bubble_id)
+        today = dt.date.today().isoformat()
+        held = []
+        for entry in bubble.views if bubble else []:
+            grant = session.get(Grant, entry["grant"], with_for_update=share)
+            source_id = grant.source_id if grant else entry["source"]
+            source = session.get(SourceRow, source_id, with_for_update=share)
+            held.append({"grant": entry["grant"], "source": source_id,
+                         "status": access.grant_view(grant, today)["status"] if grant else "missing",
+                         "source_status": source.status if source else sources.RETIRED})
+        return closure(today, project.end_date, held)
+
+    def _cancel(self, row: ExportRequest, reason: str) -> dict[str, Any]:
+        _moved(row, CANCELLED, "system:airlock", note=reason)
+        return {**view(row, "system:airlock", full=True), "cancelled": reason}
+
+    @staticmethod
+    def _cancelled_event(result: Mapping[str, Any]) -> Event:
+        return Event("system:airlock", "export.cancelled", "export", result["id"], {
+            "project": result["project"], "bubble": result["bubble"], "round": result["round"],
+            "cause": result["cancelled"].split(":", 1)[0], "reason": result["cancelled"]},
+            decision_id=result["decision_id"])
+
+    def _cancelled_if_closed(self, session: Session, row: ExportRequest) -> dict[str, Any] | None:
+        """In a transition's transaction: cancel the request instead when its data may no longer
+        leave (the transition's caller then gets `_closing`'s 409)."""
+        reason = self._closed(session, row.project_id, row.bubble_id)
+        if reason is None:
+            return None
+        result = self._cancel(row, reason)
+        session.flush()
+        return result
+
+    def _closing(self, event: Callable[[Any], Event], apply: Callable[[Session], dict[str, Any]]) -> dict[str, Any]:
+        """Append a transition that may turn out to be a cancellation (`_cancelled_if_closed`):
+        then the event is `export.cancelled` and the caller's answer a 409 naming the reason."""
+        result = self.platform.audit.append(
+            lambda r: self._cancelled_event(r) if "cancelled" in r else event(r), apply).result
+        if "cancelled" in result:
+            raise ApiError(409, "cancelled", f"export request '{result['id']}' is cancelled: {result['cancelled']}")
+        return result
+
+    def cancel_closed(self) -> list[str]:
+        """Cancel every request not yet released whose data may no longer leave (see `closure`);
+        each in its own transaction with its `export.cancelled` event, after looking again."""
+        with self.platform.sessions() as session:
+            rows = session.scalars(select(ExportRequest).where(ExportRequest.state.in_(WITHDRAWABLE))
+                                   .order_by(ExportRequest.created_at)).all()
+            candidates = [r.id for r in rows if self._closed(session, r.project_id, r.bubble_id, lock=False)]
+        done = []
+        for request_id in candidates:
+            def apply(session: Session, request_id: str = request_id) -> dict[str, Any]:
+                row = session.get(ExportRequest, request_id, with_for_update=True)
+                reason = self._closed(session, row.project_id, row.bubble_id) if row.state in WITHDRAWABLE else None
+                if reason is None:
+                    raise ApiError(409, "invalid_state", "moved on")
+                result = self._cancel(row, reason)
+                session.flush()
+                return result
+
+            try:
+                self.platform.audit.append(self._cancelled_event, apply)
+            except ApiError:
+                continue
+            done.append(request_id)
+        return done
 
     # ---------------------------------------------------------------- retention
 
@@ -282,10 +390,17 @@ class Exports:
             return False
         if not reached or principal.username == row.requester:
             return False
-        if projects.role_of(session, row.project_id, principal.username):
+        if self._member(session, row, principal.username):
             return False
         orgs = row.decision.get("organisations") or []
         return principal.has(Role.reviewer) or (principal.has(Role.provider) and principal.organisation in orgs)
+
+    @staticmethod
+    def _member(session: Session, row: ExportRequest, username: str) -> bool:
+        """A member of the request's project now, or when its files were checked (the members the
+        policy saw): leaving the project for the time of a vote does not make one a reviewer."""
+        return (projects.role_of(session, row.project_id, username) is not None
+                or access.was_member(session, row.decision_id, username))
 
     def get(self, principal: Principal, request_id: str) -> dict[str, Any]:
         with self.platform.sessions() as session:
@@ -322,12 +437,14 @@ class Exports:
         taken, created = self.quarantine.take(outbox, paths, **limits)
         try:
             have = {t.path for t in taken}
-            for t in list(taken):  # a table's recipe travels with it
-                sidecar = t.path + disclosure.RECIPE_SUFFIX
-                if t.path.endswith(".csv") and sidecar not in have and (outbox / sidecar).is_file():
-                    more, extra = self.quarantine.take(outbox, [sidecar], **limits)
-                    created += extra
-                    taken += more
+            # A table's recipe travels with it, looked up by the quarantine's own walk: a link
+            # there is refused whatever it points to, never followed to see if it leads anywhere.
+            recipes = [t.path + disclosure.RECIPE_SUFFIX for t in taken if t.path.endswith(".csv")]
+            recipes = [r for r in recipes if r not in have]
+            if recipes:
+                more, extra = self.quarantine.take(outbox, recipes, **limits, companions=True)
+                created += extra
+                taken += more
         except BaseException:
             self.quarantine.forget(created)
             raise
@@ -342,9 +459,16 @@ class Exports:
                            "from the outbox of a running bubble")
         return bubble
 
+    def _still_open(self, session: Session, project_id: str, bubble_id: str, *, lock: bool = True) -> None:
+        """Refuse to take anything from a bubble whose data may no longer leave (409)."""
+        reason = self._closed(session, project_id, bubble_id, lock=lock)
+        if reason:
+            raise ApiError(409, reason.split(":", 1)[0], f"nothing leaves bubble '{bubble_id}' any more: {reason}")
+
     def request(self, principal: Principal, body: ExportBody) -> dict[str, Any]:
         with self.platform.sessions() as session:
             bubble = self._live_bubble(session, principal, body.bubble)
+            self._still_open(session, bubble.project_id, bubble.id, lock=False)
             project_id = bubble.project_id
         with self._store_lock:
             return self._record_request(principal, body, project_id, self._take(body.bubble, body.paths))
@@ -355,6 +479,7 @@ class Exports:
         request_id = "x-" + uuid.uuid4().hex[:20]
 
         def apply(session: Session) -> dict[str, Any]:
+            self._still_open(session, project_id, body.bubble)
             row = ExportRequest(id=request_id, project_id=project_id, bubble_id=body.bubble,
                                 requester=principal.username, justification=body.justification, paths=body.paths,
                                 state=SUBMITTED, round=1, files=_files_of(taken), findings=[], decision_id=None,
@@ -379,6 +504,7 @@ class Exports:
                 raise ApiError(409, "invalid_state", f"export request '{request_id}' is {row.state}; only a request "
                                "whose reviewers asked for changes is resubmitted")
             self._live_bubble(session, principal, row.bubble_id)
+            self._still_open(session, row.project_id, row.bubble_id, lock=False)
             bubble_id, paths = row.bubble_id, body.paths or list(row.paths)
         with self._store_lock:
             return self._record_resubmission(principal, request_id, body, paths, self._take(bubble_id, paths))
@@ -389,6 +515,8 @@ class Exports:
             row = session.get(ExportRequest, request_id, with_for_update=True)
             if row.state != CHANGES:
                 raise ApiError(409, "invalid_state", f"export request '{request_id}' is {row.state}")
+            if cancelled := self._cancelled_if_closed(session, row):
+                return cancelled
             row.round, row.paths, row.files, row.findings = row.round + 1, paths, _files_of(taken), []
             row.decision, row.decision_id = {}, None
             if body.justification:
@@ -397,8 +525,8 @@ class Exports:
             session.flush()
             return view(row, principal.username, full=False)
 
-        result = self.platform.audit.append(Event(principal.actor, "export.resubmitted", "export", request_id, {
-            "files": [{"path": t.path, "size": t.size, "sha256": t.sha256} for t in taken]}), apply).result
+        result = self._closing(lambda _: Event(principal.actor, "export.resubmitted", "export", request_id, {
+            "files": [{"path": t.path, "size": t.size, "sha256": t.sha256} for t in taken]}), apply)
         self._queue.put(request_id)
         return result
 
@@ -516,19 +644,20 @@ class Exports:
         stored = [f for f in row.files if f["stored"]]
         document = policy_input(project, grants, row.files, found, row.requester)
         decision = self.platform.decide("export", document)
-        result = decision.result
-        action = result.get("action") if result.get("action") in ("release", "review", "refuse") else "refuse"
+        result = decision.typed(ExportDecision)
+        action = result.action
         if action == "release" and len(stored) != len(row.files):
             action = "refuse"  # never release a file that is not in the quarantine
-        summary = {"action": action, "reviewers": int(result.get("reviewers") or 0),
-                   "organisations": list(result.get("organisations") or []),
-                   "reasons": list(result.get("reasons") or []), "revision": decision.revision, "id": decision.id}
+        summary = {**result.model_dump(mode="json"), "action": action, "revision": decision.revision,
+                   "id": decision.id}
         state = {"release": RELEASED, "review": IN_REVIEW, "refuse": REFUSED}[action]
 
         def finish(session: Session) -> dict[str, Any]:
             current = session.get(ExportRequest, request_id, with_for_update=True)
             if current.state != CHECKING or current.round != checked_round:
                 raise ApiError(409, "invalid_state", "moved on")
+            if cancelled := self._cancelled_if_closed(session, current):
+                return cancelled
             _record_decision(session, decision, document)
             current.findings, current.decision, current.decision_id = found, summary, decision.id
             _moved(current, state, "system:airlock", note="; ".join(r.split(":", 1)[0] for r in summary["reasons"]))
@@ -537,15 +666,13 @@ class Exports:
             session.flush()
             return view(current, "system:airlock", full=True)
 
+        decided = Event("system:airlock", f"export.{'released' if state == RELEASED else state}", "export", request_id, {
+            "round": checked_round, "action": action, "findings": disclosure.summary(found),
+            "checks": sorted({f["check"] for f in found if f["severity"] != "pass"}),
+            "reasons": [r.split(":", 1)[0] for r in summary["reasons"]], "input_sha256": decision.input_sha256},
+            decision_id=decision.id, policy_revision=decision.revision)
         try:
-            self.platform.audit.append(Event("system:airlock", f"export.{'released' if state == RELEASED else state}",
-                                             "export", request_id, {
-                                                 "round": checked_round, "action": action,
-                                                 "findings": disclosure.summary(found),
-                                                 "checks": sorted({f["check"] for f in found if f["severity"] != "pass"}),
-                                                 "reasons": [r.split(":", 1)[0] for r in summary["reasons"]],
-                                                 "input_sha256": decision.input_sha256},
-                                             decision_id=decision.id, policy_revision=decision.revision), finish)
+            self._closing(lambda _: decided, finish)
         except ApiError:
             return
 
@@ -572,7 +699,7 @@ class Exports:
             self._visible(session, principal, request_id)  # strangers learn nothing: 404
             if principal.username == row.requester:
                 raise ApiError(403, "self_review", "the requester never reviews their own request")
-            if projects.role_of(session, row.project_id, principal.username):
+            if self._member(session, row, principal.username):
                 raise ApiError(403, "member_review", f"members of project '{row.project_id}' never review its exports")
             if row.state != IN_REVIEW:
                 raise ApiError(409, "invalid_state", f"export request '{request_id}' is {row.state}, not in review")
@@ -581,6 +708,8 @@ class Exports:
                                "review exports")
             if any(v["reviewer"] == principal.username for v in round_votes(row)):
                 raise ApiError(409, "already_voted", f"'{principal.username}' has already voted on this round")
+            if cancelled := self._cancelled_if_closed(session, row):
+                return cancelled
             row.votes = [*row.votes, {"round": row.round, "reviewer": principal.username,
                                       "organisation": principal.organisation, "vote": body.vote,
                                       "comment": body.comment, "at": iso(utcnow())}]
@@ -598,7 +727,7 @@ class Exports:
                 "round": result["round"], "vote": body.vote, "state": result["state"], "votes_in": result["votes_in"]},
                 decision_id=result["decision_id"])
 
-        result = self.platform.audit.append(event, apply).result
+        result = self._closing(event, apply)
         if result["state"] != IN_REVIEW:
             self.platform.audit.append(Event("system:airlock", f"export.{result['state']}", "export", request_id, {
                 "round": result["round"], "by": "review"}, decision_id=result["decision_id"]))
@@ -615,7 +744,7 @@ class Exports:
                 raise ApiError(403, "forbidden", "only the requester (or an admin) withdraws a request")
             if who == "reviewer" and not (principal.has(Role.admin) or (
                     principal.has(Role.reviewer) and principal.username != row.requester
-                    and not projects.role_of(session, row.project_id, principal.username))):
+                    and not self._member(session, row, principal.username))):
                 raise ApiError(403, "forbidden", "only a reviewer outside the project (or an admin) revokes a release")
             if row.state not in allowed:
                 raise ApiError(409, "invalid_state", f"export request '{request_id}' is {row.state}")

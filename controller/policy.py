@@ -2,8 +2,13 @@
 
 Both answer `decide(package, input)` with a `Decision` carrying an id, the policy revision
 (sha256 over every policy and data file) and the result. Any failure — a policy that does not
-load, an evaluation error, a timeout, an undefined result — is a *deny* with reason
-`policy_error`, never an exception the caller could forget to handle.
+load, an evaluation error, a timeout, an undefined result, an answer that is not strict JSON
+(a key given twice) or does not fit the package's model (controller.decisions) — is a *deny*
+with reason `policy_error`, never an exception the caller could forget to handle.
+
+Engines hand back text, and the text is parsed here, strictly: regopy writes strings from the
+input into its output unescaped, so a hostile string can forge a key; Python's JSON reader
+would keep the forged duplicate. Nothing an engine says is read any other way.
 
 Policies are reloaded when their files change: the new revision is used only if it loads (a
 syntax error keeps the last good revision and is reported); with no good revision at all the
@@ -22,23 +27,56 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from pydantic import ValidationError
+
+from controller.decisions import MODELS, PolicyResult, denial
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=PolicyResult)
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
 ENTRYPOINTS = {"access": "data.bulles.access.decision", "bubble": "data.bulles.bubble.profile",
                "export": "data.bulles.export.decision"}
-POLICY_ERROR = "policy_error"
-DENY_SHAPES: dict[str, dict[str, Any]] = {
-    "access": {"status": "denied", "mode": None, "parameters": {}, "expiry": None, "reviewers": [], "notify": []},
-    "bubble": {"allowed": False},
-    "export": {"action": "refuse", "reviewers": 0, "organisations": []},
-}
+RAW_KEPT = 2000  # characters of a refused answer kept in the decision record
 
 
 class PolicyLoadError(Exception):
     pass
+
+
+class MalformedAnswer(ValueError):
+    """An engine's text that is not one JSON value read one way only; `text` is that text."""
+
+    def __init__(self, message: str, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise MalformedAnswer(f"key {json.dumps(key)[:200]} appears twice in an object")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise MalformedAnswer(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as RFC 8259 means it, read one way only: a key given twice in an object, NaN or
+    Infinity is an error rather than the last value winning."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except ValueError as exc:  # ours, JSONDecodeError, and bytes that are not UTF-8
+        shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        message = str(exc) if isinstance(exc, MalformedAnswer) else f"not JSON: {exc}"
+        raise MalformedAnswer(message, shown[:RAW_KEPT]) from None
 
 
 @dataclass(frozen=True)
@@ -65,8 +103,8 @@ def read_policies(directory: Path = POLICY_DIR) -> PolicySet:
         digest.update(path.relative_to(directory).as_posix().encode() + b"\0" + raw + b"\0")
         if path.suffix == ".json":
             try:
-                reference[path.stem] = json.loads(raw)
-            except ValueError as exc:
+                reference[path.stem] = strict_json(raw)
+            except MalformedAnswer as exc:
                 raise PolicyLoadError(f"{path.name}: not valid JSON: {exc}") from None
         elif path.name.endswith("_test.rego"):
             tests[path.name] = raw.decode()
@@ -83,21 +121,30 @@ def input_digest(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Decision:
+    """One decision: `outcome` is the package's validated model (controller.decisions), `result`
+    its JSON form as recorded; `error` says why the outcome is a forced denial."""
+
     id: str
     package: str
     revision: str
     input_sha256: str
-    result: dict[str, Any]
+    outcome: PolicyResult
     error: str | None = None
     seconds: float = 0.0
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.outcome.model_dump(mode="json")
 
     @property
     def denied_by_error(self) -> bool:
         return self.error is not None
 
-
-def _deny(package: str, message: str) -> dict[str, Any]:
-    return {**DENY_SHAPES.get(package, {}), "reasons": [f"{POLICY_ERROR}: {message}"]}
+    def typed(self, model: type[R]) -> R:
+        """The outcome as the caller's package model (a wrong package is a bug, not a decision)."""
+        if not isinstance(self.outcome, model):
+            raise TypeError(f"a decision of '{self.package}' is not a {model.__name__}")
+        return self.outcome
 
 
 class Engine(Protocol):
@@ -130,11 +177,25 @@ class _Embedded:
 
         with self.lock:  # an interpreter holds one input at a time
             self.interpreter.set_input(Input(data))
-            output = self.interpreter.query_bundle(self.bundles[package])
-        results = output.results
-        if not results or not results[0].expressions:
-            return None
-        return results[0].expressions[0]
+            return _regopy_value(self.interpreter.query_bundle(self.bundles[package]))
+
+
+def _regopy_value(output: Any) -> Any:
+    """The first expression of a regopy output, read strictly from its text (never from the
+    `results` regopy parsed itself, which keep the last of duplicate keys); None if undefined."""
+    text = str(output)
+    if not output.ok():
+        raise RuntimeError(f"evaluation failed: {text[:500]}")
+    if text == "undefined":
+        return None
+    parsed = strict_json(text)
+    results = parsed if isinstance(parsed, list) else [parsed]
+    if len(results) > 1:
+        raise MalformedAnswer(f"{len(results)} results where one was expected")
+    if not results or not isinstance(results[0], dict) or not results[0].get("expressions"):
+        return None
+    expressions = results[0]["expressions"]
+    return expressions[0] if isinstance(expressions, list) else None
 
 
 def _rego_message(exc: Exception) -> str:
@@ -223,21 +284,38 @@ class EmbeddedEngine(_Reloading):
 
 
 def _decide(package: str, data: dict[str, Any], revision: str, evaluate: Callable[[], Any]) -> Decision:
+    """Evaluate, then hold the answer to its package's model; every way of failing is a denial
+    whose record says why (with the start of the answer that did not fit)."""
     decision_id = str(uuid.uuid4())
     digest = input_digest(data)
     start = time.perf_counter()
-    if package not in ENTRYPOINTS:
-        return Decision(decision_id, package, revision, digest, _deny(package, f"no policy '{package}'"), "unknown package")
+    model = MODELS.get(package)
+    if model is None:
+        return Decision(decision_id, package, revision, digest, denial(package, f"no policy '{package}'"),
+                        "unknown package")
     try:
         result = evaluate()
     except Exception as exc:  # any engine failure is a deny, recorded with its cause
         log.warning("policy %s failed: %s", package, exc)
-        return Decision(decision_id, package, revision, digest, _deny(package, type(exc).__name__), str(exc)[:500],
+        malformed = isinstance(exc, MalformedAnswer)
+        error = str(exc)[:500] + (f"; answer: {exc.text}" if malformed else "")
+        why = "the engine's answer is not strict JSON" if malformed else type(exc).__name__
+        return Decision(decision_id, package, revision, digest, denial(package, why), error,
                         time.perf_counter() - start)
     elapsed = time.perf_counter() - start
-    if not isinstance(result, dict):
-        return Decision(decision_id, package, revision, digest, _deny(package, "undefined result"), "undefined", elapsed)
-    return Decision(decision_id, package, revision, digest, result, None, elapsed)
+    if result is None:
+        return Decision(decision_id, package, revision, digest, denial(package, "undefined result"), "undefined",
+                        elapsed)
+    try:
+        outcome = model.model_validate(result)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}" for e in exc.errors())
+        raw = json.dumps(result, ensure_ascii=False)[:RAW_KEPT]
+        log.warning("policy %s answered outside its model: %s", package, problems[:500])
+        return Decision(decision_id, package, revision, digest,
+                        denial(package, "the policy's answer does not fit its model"),
+                        f"invalid result: {problems[:1000]}; answer: {raw}", elapsed)
+    return Decision(decision_id, package, revision, digest, outcome, None, elapsed)
 
 
 class OpaEngine(_Reloading):
@@ -254,6 +332,9 @@ class OpaEngine(_Reloading):
         parts = urlsplit(url)
         self._client = OpaClient(host=parts.hostname or "127.0.0.1", port=parts.port or 8181,
                                  ssl=parts.scheme == "https", timeout=timeout)
+        # Decisions are read from the response's text (strictly), which opa-python-client's
+        # query_rule does not give: it returns what `response.json()` made of it.
+        self._queries = httpx.Client(base_url=self._client.root_url, timeout=timeout)
         self._revision = ""
         super().__init__(directory, on_event, poll_seconds)
 
@@ -274,13 +355,18 @@ class OpaEngine(_Reloading):
         path, _, rule = ENTRYPOINTS.get(package, "data..").removeprefix("data.").rpartition(".")
 
         def evaluate() -> Any:
-            answer = self._client.query_rule(input_data=data, package_path=path.replace(".", "/"), rule_name=rule)
-            return answer.get("result") if isinstance(answer, dict) else None
+            response = self._queries.post(f"/data/{path.replace('.', '/')}/{rule}", json={"input": data})
+            response.raise_for_status()
+            answer = strict_json(response.content)
+            if not isinstance(answer, dict):
+                raise MalformedAnswer("OPA's answer is not an object")
+            return answer.get("result")  # absent: undefined
 
         return _decide(package, data, self._revision, evaluate)
 
     def close(self) -> None:
         super().close()
+        self._queries.close()
         try:
             self._client.close_connection()
         except Exception:  # closing a client that never connected
@@ -310,7 +396,9 @@ def run_tests(directory: Path = POLICY_DIR) -> TestReport:
     for name, text in sorted(policies.tests.items()):
         package = re.search(r"^package\s+([\w.]+)", text, re.M).group(1)
         for rule in sorted(set(re.findall(r"^(test_\w+)", text, re.M))):
-            output = interpreter.query(f"data.{package}.{rule}")
-            value = output.results[0].expressions[0] if output.results and output.results[0].expressions else None
+            try:
+                value = _regopy_value(interpreter.query(f"data.{package}.{rule}"))
+            except (MalformedAnswer, RuntimeError):
+                value = None
             (report.passed if value is True else report.failed).append(f"{package}.{rule}")
     return report

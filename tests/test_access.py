@@ -211,3 +211,38 @@ def test_every_decision_is_recorded_with_its_input_revision_and_audit_event(cata
     assert loaded[-1]["seq"] < events[-1]["seq"]  # the revision is on record before it decides
     assert catalog_site.client.get(f"/api/v1/decisions/{decided['decision_id']}",
                                    headers=catalog_site.headers("bruno")).status_code == 403
+
+
+# -- four eyes -------------------------------------------------------------------------------
+def test_nobody_reviews_an_access_request_of_a_project_they_belong_to(catalog_site: Site) -> None:
+    """A user who is both provider of the source's organisation and researcher cannot approve their
+    own request, nor one of a project they are (or were, when it was decided) a member of."""
+    from controller import accounts
+
+    site = catalog_site
+    for user, roles in (("paula", ["provider", "researcher"]), ("piotr", ["provider"]), ("prune", ["provider"])):
+        _, site.tokens[user] = accounts.add_user(site.platform, "test", user, roles, "demo-rennes")
+    members = [{"username": "piotr", "role": "member"}, {"username": "prune", "role": "member"}]
+    assert create(site, user="paula", members=members).status_code == 201
+    request_id = ask(site, PUPILS, user="paula", columns=["ine", "sex"]).json()["id"]
+    assert site.client.patch("/api/v1/projects/projet-a", json={"members": members[:1]},
+                             headers=site.headers("paula")).status_code == 200  # prune leaves the project
+
+    def review(user: str):
+        return site.client.post(f"/api/v1/access-requests/{request_id}/review",
+                                json={"verdict": "approve", "comment": "ok"}, headers=site.headers(user))
+
+    before = site.counts()
+    for user in ("paula", "piotr", "prune"):  # the requester, a member, a member when it was decided
+        refused = review(user)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "member_review", (user, refused.text)
+    assert site.counts() == before
+    pending = site.client.get(f"/api/v1/access-requests/{request_id}", headers=site.headers("paula")).json()
+    assert pending["status"] == "pending_review" and pending["reviews"] == [] and pending["grant"] is None
+    approved = review("alice")  # a provider of the organisation outside the project
+    assert approved.status_code == 200 and approved.json()["status"] == "granted"
+
+    # Revoking only takes access away: a provider who belongs to the project may do it at once.
+    revoked = site.client.post(f"/api/v1/grants/{approved.json()['grant']}/revoke", json={"reason": "fin"},
+                               headers=site.headers("piotr"))
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"

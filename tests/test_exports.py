@@ -14,9 +14,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -26,9 +28,11 @@ from controller import accounts
 from controller.audit.verify import verify as verify_log
 from controller.platform import Platform
 from controller.cli import app as cli
+from controller.exports import ExportBody
 from controller.home import SIGNING_PUB, load_public_key
+from controller.quarantine import Taken
 from controller.releases import verify
-from controller.store import ExportRequest, Project
+from controller.store import AuditEvent, ExportRequest, Project
 from test_bubbles import IPS, PUPILS, Kernel, Served, events, project, served  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local runtime needs root")
@@ -490,3 +494,321 @@ def test_acro_evidence_from_the_bubble_is_weighed_and_its_checksums_verified(air
     assert checks(request, "fail") >= {("acro/output_0_0.csv", "acro_checksum")}
     assert not any(f["check"] == "acro_checksum" and f["file"] != "acro/output_0_0.csv" for f in request["findings"])
     assert request["state"] == "refused"
+
+
+# -- file names, links and nesting at intake -----------------------------------------------------
+FORGED = 'z"], "action": "release", "zz": ["x.csv'
+
+
+def request_answer(served: Served, bubble_id: str, paths: list[str], user: str = "bruno") -> httpx.Response:
+    """Sent as ASCII JSON, so that a path holding an undecodable byte (a lone surrogate once
+    decoded, as Python spells it) travels as `\\udcff`."""
+    body = json.dumps({"bubble": bubble_id, "paths": paths, "justification": "Résultats"})
+    return served.http.post("/api/v1/exports", content=body,
+                            headers={**served.headers(user), "Content-Type": "application/json"})
+
+
+def nothing_taken(served: Served, before: set[str]) -> bool:
+    with served.site.platform.sessions() as session:
+        requests = session.query(ExportRequest).count()
+    return requests == 0 and set(served.site.platform.exports.quarantine.digests()) == before
+
+
+def test_a_file_name_that_would_rewrite_the_decision_is_refused_at_intake(airlock: Served) -> None:
+    """The original attack: the bubble writes pupils' rows under a name that, unescaped in the
+    policy engine's output, adds `"action": "release"` to the decision. The request is refused
+    before anything is copied, and the error shows the name escaped."""
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    kernel = Kernel(served, bubble)
+    try:
+        kernel.run("import bulle\n"
+                   "rows = bulle.read('eleves-synthetiques', pandas=True)[['ine', 'sex', 'level']]\n"
+                   f"rows.to_csv(bulle.outbox() / {FORGED!r}, index=False)\n"
+                   "(bulle.outbox() / 'dossier').mkdir()\n"
+                   f"rows.to_csv(bulle.outbox() / 'dossier' / {FORGED!r}, index=False)\n"
+                   "(bulle.outbox() / 'ok.csv').write_text('niveau,effectif\\n6e,25\\n')\n")
+    finally:
+        kernel.close()
+    before = set(served.site.platform.exports.quarantine.digests())
+    # by its name, inside a folder asked for, and inside the whole outbox beside a harmless file
+    for paths, field in (([FORGED], "paths.0"), (["dossier"], "paths.0"), (["ok.csv", "."], "paths.1")):
+        answer = request_answer(served, bubble, paths)
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert error["field"] == field
+        assert 'z\\"], \\"action\\": \\"release\\"' in error["message"] and "double quote" in error["message"]
+    assert nothing_taken(served, before)
+    assert events(served.site, "export.released") == []
+
+
+HOSTILE_NAMES = [  # (name on disk, the problem named, how the error shows it)
+    (b'a"b.csv', "double quote", 'a\\"b.csv'),
+    (b"a\\b.csv", "backslash", "a\\\\b.csv"),
+    (b"a\nb.csv", "control character", "a\\u000ab.csv"),
+    (b"a\tb.csv", "control character", "a\\u0009b.csv"),
+    (b"a\x7fb.csv", "control character", "a\\u007fb.csv"),
+    ("a\x85b.csv".encode(), "control character", "a\\u0085b.csv"),
+    ("fichier\u202evsc.exe.csv".encode(), "direction override", "fichier\\u202evsc.exe.csv"),
+    ("a\u200bb.csv".encode(), "invisible formatting", "a\\u200bb.csv"),
+    (b"a\xffb.csv", "undecodable", "a\\xffb.csv"),
+]
+
+
+def test_names_that_are_not_plain_printable_text_are_refused(airlock: Served) -> None:
+    """Asked for by name or found in a folder asked for: refused, named escaped, nothing kept.
+    One bubble for every name (each in its own folder)."""
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    for i, (name, _, _) in enumerate(HOSTILE_NAMES):
+        (box / f"dossier{i}").mkdir()
+        with open(os.path.join(os.fsencode(box / f"dossier{i}"), name), "w") as handle:
+            handle.write("niveau,effectif\n6e,25\n5e,31\n")
+    (box / "l'effectif été.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")  # an apostrophe, accents: fine
+    before = set(served.site.platform.exports.quarantine.digests())
+    for i, (name, problem, echo) in enumerate(HOSTILE_NAMES):
+        for path in (f"dossier{i}/" + os.fsdecode(name), f"dossier{i}"):
+            answer = request_answer(served, bubble, [path])
+            assert answer.status_code == 422, (name, answer.text)
+            message = answer.json()["error"]["message"]
+            if path != f"dossier{i}" and name == b"a\xffb.csv":
+                continue  # a lone surrogate in the body: the API's JSON reader refuses it first
+            assert problem in message and echo in message, (name, message)
+            assert not any(c in message for c in ("\n", "\t", "\x7f", "\x85", "\u202e", "\u200b", "\ufffd")), name
+    too_long = request_answer(served, bubble, ["é" * 125 + "abcd.csv"])  # 258 bytes: no file system holds it
+    assert too_long.status_code == 422 and "is 258 bytes long" in too_long.json()["error"]["message"]
+    assert nothing_taken(served, before)
+    fine = request_answer(served, bubble, ["l'effectif été.csv"])
+    assert fine.status_code == 202 and fine.json()["files"][0]["path"] == "l'effectif été.csv"
+
+
+def test_a_recipe_that_is_a_link_gets_the_same_answer_wherever_it_points(airlock: Served) -> None:
+    """`t.csv.bulle.json` a link to a host file that exists or to one that does not: the
+    controller (root) never follows it, so the answer cannot tell one from the other."""
+    served, site = airlock, airlock.site
+    bubble = bubble_of(served, "projet-x")
+    box = outbox(served, bubble)
+    (box / "t.csv").write_text("niveau,effectif\n6e,25\n5e,31\n")
+    before = set(site.platform.exports.quarantine.digests())
+    answers = []
+    for target in (site.platform.settings.home / "master.key", site.platform.settings.home / "absent.key"):
+        (box / "t.csv.bulle.json").unlink(missing_ok=True)
+        os.symlink(target, box / "t.csv.bulle.json")
+        answer = request_answer(served, bubble, ["t.csv"])
+        answers.append((answer.status_code, answer.json()))
+    assert answers[0] == answers[1], answers
+    status, body = answers[0]
+    assert status == 422 and "t.csv.bulle.json' is a symbolic link" in body["error"]["message"]
+    assert str(site.platform.settings.home) not in body["error"]["message"]
+    assert nothing_taken(served, before)
+    (box / "t.csv.bulle.json").unlink()
+    (box / "t.csv.bulle.json").mkdir()  # not a file either: refused, not walked into
+    assert request_answer(served, bubble, ["t.csv"]).json()["error"]["message"].endswith("is not a regular file")
+    (box / "t.csv.bulle.json").rmdir()
+    assert request_answer(served, bubble, ["t.csv"]).status_code == 202  # no recipe: the table alone
+
+
+def test_folders_nested_too_deep_are_refused(airlock: Served) -> None:
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    deep = outbox(served, bubble) / "profond"
+    path = deep
+    for level in range(70):
+        path = path / f"n{level}"
+    path.mkdir(parents=True)
+    (path / "t.csv").write_text("niveau,effectif\n6e,25\n")
+    before = set(served.site.platform.exports.quarantine.digests())
+    answer = request_answer(served, bubble, ["profond"])
+    assert answer.status_code == 422 and "nested more than 64 deep" in answer.json()["error"]["message"]
+    assert nothing_taken(served, before)
+
+
+def test_a_request_recorded_before_the_name_rule_is_refused_by_the_policy_layer(airlock: Served) -> None:
+    """Behind the intake rule, the engine layer on its own: a request whose file carries the
+    forged name (as one recorded before the rule, checked again at start) holds a disclosive
+    table; the policy engine's answer has the forged key twice, and that is a refusal with
+    `policy_error`, not a release."""
+    served, exports = airlock, airlock.site.platform.exports
+    bubble = bubble_of(served, "projet-x")
+    rows = "ine,level\n" + "".join(f"99{n:09d}A,6e\n" for n in range(30))
+    (outbox(served, bubble) / "lignes.csv").write_text(rows)
+    with exports._store_lock:
+        [taken], _ = exports.quarantine.take(outbox(served, bubble), ["lignes.csv"], max_bytes=1 << 20, max_files=10)
+        principal = served.site.platform.authenticate(served.site.tokens["bruno"])
+        body = ExportBody(bubble=bubble, paths=[FORGED], justification="x")
+        created = exports._record_request(principal, body, "projet-x", [Taken(FORGED, taken.size, taken.sha256, True)])
+    assert exports.wait(created["id"]) == "refused"
+    with served.site.platform.sessions() as session:
+        row = session.get(ExportRequest, created["id"])
+        assert row.decision["action"] == "refuse" and row.manifest is None and row.released_at is None
+        assert row.decision["reasons"] == ["policy_error: the engine's answer is not strict JSON"]
+        decision_id = row.decision_id
+    record = served.http.get(f"/api/v1/decisions/{decision_id}", headers=served.headers("david")).json()
+    assert record["error"].startswith('key "action" appears twice')
+    assert events(served.site, "export.released") == []
+
+
+# -- what may no longer leave: revoked grants, retired sources, ended projects ---------------------
+def in_review(served: Served, bubble_id: str, name: str) -> str:
+    (outbox(served, bubble_id) / name).write_text("niveau,effectif\n6e,25\n5e,31\n")
+    request = ask(served, bubble_id, [name])
+    assert request["state"] == "in_review", request
+    return request["id"]
+
+
+def vote(served: Served, request_id: str, user: str, choice: str = "approve") -> httpx.Response:
+    return served.http.post(f"/api/v1/exports/{request_id}/votes", headers=served.headers(user),
+                            json={"vote": choice, "comment": "" if choice == "approve" else "non"})
+
+
+def grant_of(served: Served, project_id: str = "projet-x") -> str:
+    [grant] = served.http.get("/api/v1/grants", params={"project": project_id}, headers=served.headers("bruno")).json()
+    return grant["id"]
+
+
+def nothing_released(served: Served, request_id: str) -> None:
+    with served.site.platform.sessions() as session:
+        row = session.get(ExportRequest, request_id)
+        assert row.state == "cancelled" and row.manifest is None and row.released_at is None
+    assert served.http.get(f"/api/v1/exports/{request_id}/manifest", headers=served.headers("bruno")).status_code == 409
+    assert not [e for e in events(served.site, "export.released") if e["subject"] == request_id]
+
+
+def test_an_export_in_review_is_cancelled_when_its_grant_is_revoked(airlock: Served) -> None:
+    """The reported case: a request in review, its grant revoked, its bubble deleted, the
+    reviewers approve: nothing leaves."""
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    rid = in_review(served, bubble, "t.csv")
+    assert vote(served, rid, "chloe").json()["state"] == "in_review"
+    revoked = served.http.post(f"/api/v1/grants/{grant_of(served)}/revoke", headers=served.headers("alice"),
+                               json={"reason": "fin de la convention"})
+    assert revoked.status_code == 200
+    cancelled = served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("bruno")).json()
+    assert cancelled["state"] == "cancelled" and cancelled["history"][-1]["note"].startswith("grant_revoked: ")
+    [event] = [e for e in events(served.site, "export.cancelled") if e["subject"] == rid]
+    assert event["actor"] == "system:airlock" and event["details"]["cause"] == "grant_revoked"
+    assert served.http.delete(f"/api/v1/bubbles/{bubble}", headers=served.headers("bruno")).status_code == 200
+    late = vote(served, rid, "rita")
+    assert late.status_code == 409, late.text
+    nothing_released(served, rid)
+    assert served.http.get(f"/api/v1/exports/{rid}/files/t.csv", headers=served.headers("chloe")).status_code == 403
+
+
+def test_a_vote_or_a_check_after_a_revocation_cancels_in_its_own_transaction(airlock: Served) -> None:
+    """Without the airlock's pass (as if the revocation committed a moment before it ran), the
+    transitions themselves find the revocation: the last vote, and the end of a check."""
+    served, exports = airlock, airlock.site.platform.exports
+    bubble = bubble_of(served, "projet-x")
+    voted = in_review(served, bubble, "t.csv")
+    assert vote(served, voted, "chloe").json()["state"] == "in_review"
+    exports.close()  # the checker waits: the next request stays submitted
+    checked = ask(served, bubble, ["t.csv"], wait=False)["id"]
+    exports.cancel_closed = lambda: []  # the pass does not run
+    assert served.http.post(f"/api/v1/grants/{grant_of(served)}/revoke", headers=served.headers("alice"),
+                            json={"reason": "retrait"}).status_code == 200
+    late = vote(served, voted, "rita")
+    assert late.status_code == 409 and late.json()["error"]["code"] == "cancelled", late.text
+    assert "grant_revoked" in late.json()["error"]["message"]
+    nothing_released(served, voted)
+    exports.check(checked)
+    nothing_released(served, checked)
+    cancelled = {e["subject"]: e["details"]["cause"] for e in events(served.site, "export.cancelled")}
+    assert cancelled == {voted: "grant_revoked", checked: "grant_revoked"}
+    assert not [e for e in events(served.site, "export.voted") if e["actor"] == "user:rita"]
+
+
+def test_retiring_the_source_cancels_the_exports_that_hold_its_data(airlock: Served) -> None:
+    served, exports = airlock, airlock.site.platform.exports
+    bubble = bubble_of(served, "projet-x")
+    first, second = in_review(served, bubble, "a.csv"), in_review(served, bubble, "b.csv")
+    retired = served.http.post(f"/api/v1/sources/{PUPILS}/retire", headers=served.headers("alice"),
+                               json={"reason": "base remplacée"})
+    assert retired.status_code == 200, retired.text
+    assert vote(served, first, "chloe").json()["error"]["code"] == "cancelled"  # the vote finds it
+    assert exports.cancel_closed() == [second]  # the pass finds the other one
+    for rid in (first, second):
+        nothing_released(served, rid)
+    assert {e["details"]["cause"] for e in events(served.site, "export.cancelled")} == {"source_retired"}
+    assert request_answer(served, bubble, ["a.csv"]).json()["error"]["code"] == "source_retired"
+
+
+def test_the_end_of_the_project_cancels_its_exports(airlock: Served) -> None:
+    served, site = airlock, airlock.site
+    bubble = bubble_of(served, "projet-x")
+    rid = in_review(served, bubble, "t.csv")
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    with site.platform.sessions() as session, session.begin():  # the calendar moves on
+        session.get(Project, "projet-x").end_date = yesterday
+    assert site.platform.exports.cancel_closed() == [rid]
+    nothing_released(served, rid)
+    [event] = events(site, "export.cancelled")
+    assert event["details"]["cause"] == "project_ended" and yesterday in event["details"]["reason"]
+    assert vote(served, rid, "chloe").status_code == 409
+
+
+def test_votes_racing_a_revocation_never_release_after_it(airlock: Served) -> None:
+    """Final votes on several requests and the grant's revocation at once: each request is
+    released before the revocation (its release committed first) or cancelled, never released
+    after it."""
+    served = airlock
+    bubble = bubble_of(served, "projet-x")
+    requests = [in_review(served, bubble, f"t{i}.csv") for i in range(4)]
+    for rid in requests:
+        assert vote(served, rid, "chloe").json()["state"] == "in_review"
+    grant = grant_of(served)
+    start = threading.Barrier(len(requests) + 1)
+    answers: dict[str, int] = {}
+
+    def final_vote(rid: str) -> None:
+        start.wait()
+        answers[rid] = vote(served, rid, "rita").status_code
+
+    def revoke() -> None:
+        start.wait()
+        answers["revoke"] = served.http.post(f"/api/v1/grants/{grant}/revoke", headers=served.headers("alice"),
+                                             json={"reason": "retrait"}).status_code
+
+    threads = [threading.Thread(target=final_vote, args=(rid,)) for rid in requests]
+    threads.append(threading.Thread(target=revoke))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert answers["revoke"] == 200
+    with served.site.platform.sessions() as session:
+        seq = {(r.action, r.subject_id, r.actor): r.seq for r in session.query(AuditEvent)}
+        revoked_at = seq[("grant.revoked", grant, "user:alice")]
+        for rid in requests:
+            row = session.get(ExportRequest, rid)
+            if row.state == "released":
+                assert answers[rid] == 200 and row.manifest is not None
+                assert seq[("export.voted", rid, "user:rita")] < revoked_at
+            else:
+                assert row.state == "cancelled" and answers[rid] == 409 and row.manifest is None
+                assert seq[("export.cancelled", rid, "system:airlock")] > revoked_at
+
+
+# -- four eyes on exports --------------------------------------------------------------------------
+def test_nobody_in_the_project_votes_on_its_exports_whatever_their_roles(airlock: Served) -> None:
+    """A member holding every reviewing role is still a member; one who left the project after the
+    files were checked was a member when the policy saw them."""
+    served, site = airlock, airlock.site
+    _, site.tokens["pia"] = accounts.add_user(site.platform, "test", "pia", ["researcher", "reviewer", "provider"],
+                                              "demo-rennes")
+    members = [{"username": "bruno", "role": "owner"}, {"username": "marc", "role": "member"},
+               {"username": "pia", "role": "member"}]
+    assert served.http.patch("/api/v1/projects/projet-x", json={"members": members},
+                             headers=served.headers("bruno")).status_code == 200
+    bubble = bubble_of(served, "projet-x")
+    rid = in_review(served, bubble, "t.csv")
+    refused = vote(served, rid, "pia")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "member_review"
+    assert served.http.patch("/api/v1/projects/projet-x", json={"members": members[:1]},
+                             headers=served.headers("bruno")).status_code == 200  # marc and pia leave
+    for user in ("marc", "pia"):
+        assert vote(served, rid, user).status_code == 404, user  # neither a member now nor a reviewer of it
+    assert served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("marc")).status_code == 404
+    assert served.http.get(f"/api/v1/exports/{rid}", headers=served.headers("bruno")).json()["votes_in"] == 0
+    assert vote(served, rid, "chloe").json()["votes_in"] == 1  # a reviewer from outside

@@ -13,6 +13,8 @@ import pytest
 from regopy import Input, Interpreter, RegoError
 
 from conftest import ROOT, example
+from controller.decisions import MODELS
+from controller.policy import strict_json
 
 POLICIES = ROOT / "policies"
 ENTRYPOINTS = {"access": "data.bulles.access.decision", "bubble": "data.bulles.bubble.profile",
@@ -37,11 +39,13 @@ def load(modules: dict[str, str] | None = None) -> Interpreter:
 
 
 def value(output: Any) -> Any:
-    """The query's value; None when undefined (regopy also reports `false` as undefined)."""
+    """The query's value, read strictly from regopy's text as the engine reads it; None when
+    undefined (regopy also reports `false` as undefined)."""
     assert output.ok(), f"evaluation error: {output}"
-    if not output.results or not output.results[0].expressions:
+    if str(output) == "undefined":
         return None
-    return output.results[0].expressions[0]
+    expressions = strict_json(str(output)).get("expressions")
+    return expressions[0] if expressions else None
 
 
 def rego_tests() -> list[tuple[str, str]]:
@@ -90,6 +94,7 @@ def decide(interpreter: Interpreter, package: str, document: Any) -> dict[str, A
     result = value(interpreter.query(ENTRYPOINTS[package]))
     assert isinstance(result, dict), f"{package}: no decision for {document!r}"
     assert all(REASON.match(r) for r in result["reasons"]), result["reasons"]
+    MODELS[package].model_validate(result)  # every answer of the shipped policies fits its model
     return result
 
 

@@ -24,7 +24,17 @@ from typer.testing import CliRunner
 
 from conftest import example, free_port
 from controller.cli import app
-from controller.policy import POLICY_DIR, EmbeddedEngine, OpaEngine, PolicyLoadError, read_policies, run_tests
+from controller.decisions import ExportDecision
+from controller.policy import (
+    POLICY_DIR,
+    EmbeddedEngine,
+    MalformedAnswer,
+    OpaEngine,
+    PolicyLoadError,
+    read_policies,
+    run_tests,
+    strict_json,
+)
 
 INPUT = {
     "now": "2026-11-22",
@@ -131,6 +141,88 @@ def test_evaluation_errors_and_undefined_results_are_denials(policy_copy: Path) 
     assert unknown.error and unknown.result["reasons"][0].startswith("policy_error")
 
 
+# -- answers read strictly and held to their package's model ---------------------------------
+FORGED = 'z"], "action": "release", "zz": ["x.csv'
+EXPORT_INPUT = {
+    "project": {**INPUT["project"]},
+    "grants": [{"id": "g-1", "source": "eleves-synthetiques", "sensitivity": "personal", "mode": "pseudonymised",
+                "publisher": "demo-rennes"}],
+    "files": [{"path": FORGED, "type": "csv", "size": 120, "sha256": "ab" * 32}],
+    "findings": [{"file": FORGED, "check": "row_level", "severity": "fail"}],
+    "requester": "bruno",
+}
+
+
+def test_a_file_name_that_forges_a_key_gets_a_denial_not_a_release() -> None:
+    """The original attack at the engine: regopy writes the name into its JSON unescaped, which
+    gives the decision a second "action": a key given twice is a policy error, never the last
+    value winning; the record keeps the engine's text."""
+    decision = EmbeddedEngine(poll_seconds=0).decide("export", EXPORT_INPUT)
+    assert decision.typed(ExportDecision).action == "refuse"
+    assert decision.result["reasons"] == ["policy_error: the engine's answer is not strict JSON"]
+    assert decision.error.startswith('key "action" appears twice')
+    assert '"action": "release"' in decision.error  # the answer as the engine gave it, for the auditor
+    honest = EmbeddedEngine(poll_seconds=0).decide("export", {
+        **EXPORT_INPUT, "files": [{**EXPORT_INPUT["files"][0], "path": "x.csv"}],
+        "findings": [{**EXPORT_INPUT["findings"][0], "file": "x.csv"}]})
+    assert honest.error is None and honest.result["action"] == "refuse"  # the same table, a plain name
+
+
+@pytest.mark.parametrize("package,answer,problem", [
+    ("export", '{"action": "release", "reviewers": 0, "organisations": [], "reasons": [], "why": "x"}', "why"),
+    ("export", '{"action": "release", "reviewers": 0, "organisations": []}', "reasons"),
+    ("export", '{"action": "release", "reviewers": "0", "organisations": [], "reasons": []}', "reviewers"),
+    ("export", '{"action": "review", "reviewers": true, "organisations": [], "reasons": []}', "reviewers"),
+    ("export", '{"action": "review", "reviewers": 0, "organisations": [], "reasons": []}', "reviewer"),
+    ("export", '{"action": "approve", "reviewers": 0, "organisations": [], "reasons": []}', "action"),
+    ("export", '{"action": "review", "reviewers": 1000, "organisations": [], "reasons": []}', "reviewers"),
+    ("export", '{"action": "release", "reviewers": 0, "organisations": [], "reasons": [3]}', "reasons.0"),
+    ("access", '{"status": "granted", "mode": null, "parameters": {"columns": [], "pseudonymised": [], '
+               '"generalised": [], "dropped": [], "k": 5, "threshold": 10}, "expiry": "2027-01-01", '
+               '"reasons": [], "reviewers": [], "notify": []}', "mode"),
+    ("access", '{"status": "granted", "mode": "raw", "parameters": {"columns": ["a"]}, "expiry": "2027-01-01", '
+               '"reasons": [], "reviewers": [], "notify": []}', "parameters"),
+    ("access", '{"status": "pending_review", "mode": "raw", "parameters": {"columns": [], "pseudonymised": [], '
+               '"generalised": [], "dropped": [], "k": 5, "threshold": 10}, "expiry": "2027-02-30", "reasons": [], '
+               '"reviewers": [{"role": "provider", "organisation": "demo-rennes", "count": -1}], "notify": []}',
+     "expiry"),
+    ("bubble", '{"allowed": true, "network": "host", "cpu": 2, "memory_mb": 4096, "disk_mb": 10240, '
+               '"lifetime_hours": 8, "expires": null, "reasons": []}', "network"),
+    ("bubble", '{"allowed": true, "network": "none", "cpu": 2, "memory_mb": 4096.5, "disk_mb": 10240, '
+               '"lifetime_hours": 8, "expires": null, "reasons": []}', "memory_mb"),
+    ("bubble", '{"allowed": true, "network": "none", "cpu": 0, "memory_mb": 4096, "disk_mb": 10240, '
+               '"lifetime_hours": 8, "expires": null, "reasons": []}', "positive"),
+], ids=["unknown-key", "missing-key", "text-count", "bool-count", "review-nobody", "unknown-action",
+        "absurd-count", "reason-number", "grant-without-mode", "partial-parameters", "bad-day", "unknown-network",
+        "fractional-mb", "no-cpu"])
+def test_answers_outside_the_package_model_are_denials(policy_copy: Path, package: str, answer: str,
+                                                       problem: str) -> None:
+    """A policy that answers in another shape (a bug, an edited rule) decides nothing: the
+    answer is refused as a whole, and the record says which field did not fit."""
+    entry = {"access": "decision", "bubble": "profile", "export": "decision"}[package]
+    (policy_copy / f"{package}.rego").write_text(f"package bulles.{package}\nimport rego.v1\n{entry} := {answer}\n")
+    decision = EmbeddedEngine(policy_copy, poll_seconds=0).decide(package, {})
+    assert decision.result["reasons"] == ["policy_error: the policy's answer does not fit its model"]
+    assert decision.error.startswith("invalid result: ") and problem in decision.error
+    assert decision.result.get("action", "refuse") == "refuse" and decision.result.get("status", "denied") == "denied"
+    assert decision.result.get("allowed", False) is False
+
+
+def test_strict_json_reads_one_way_only() -> None:
+    assert strict_json('{"a": [1, {"b": "c"}], "d": null}') == {"a": [1, {"b": "c"}], "d": None}
+    for text in ('{"a": 1, "a": 1}', '{"x": {"a": 1, "a": 2}}', '[{"a": 1, "b": 2, "a": 3}]', '{"a": NaN}',
+                 '{"a": Infinity}', '{"a": 1', b'{"a": "\xff"}'.replace(b"\\xff", b"\xff")):
+        with pytest.raises(MalformedAnswer):
+            strict_json(text)
+
+
+def test_reference_data_with_a_key_given_twice_does_not_load(policy_copy: Path) -> None:
+    (policy_copy / "data" / "thresholds.json").write_text('{"k_anonymity": 5, "k_anonymity": 1, "aggregation": 10, '
+                                                          '"raw_justification_min_chars": 20}')
+    with pytest.raises(PolicyLoadError, match="appears twice"):
+        EmbeddedEngine(policy_copy, poll_seconds=0)
+
+
 # -- the OPA engine ---------------------------------------------------------------------------
 class FakeOpaServer:
     """A stand-in for an OPA server (none can run here): OPA's REST API, evaluated by regopy."""
@@ -140,11 +232,12 @@ class FakeOpaServer:
         self.data: dict[str, Any] = {}
         self.requests = 0
         self.delay = 0.0
+        self.raw_answer: bytes | None = None  # sent as it is instead of evaluating
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, status: int, body: Any) -> None:
-                raw = json.dumps(body).encode()
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
@@ -178,6 +271,9 @@ class FakeOpaServer:
             def do_POST(self) -> None:  # noqa: N802
                 fake.requests += 1
                 time.sleep(fake.delay)
+                if fake.raw_answer is not None:
+                    self._send(200, fake.raw_answer)
+                    return
                 from regopy import Input
 
                 query = "data." + self.path.removeprefix("/v1/data/").replace("/", ".")
@@ -242,6 +338,27 @@ def test_an_unreachable_or_slow_opa_server_means_deny(fake_opa: FakeOpaServer) -
     assert down.result["status"] == "denied" and down.result["reasons"][0].startswith("policy_error")
     with pytest.raises(PolicyLoadError):
         OpaEngine(f"http://127.0.0.1:{free_port()}", poll_seconds=0, timeout=0.5)
+
+
+def test_the_opa_engine_reads_answers_strictly_too(fake_opa: FakeOpaServer) -> None:
+    """The same contract whatever the engine: an OPA answer with a key given twice, or outside
+    the package's model, is a denial."""
+    opa = OpaEngine(fake_opa.url, poll_seconds=0)
+    fake_opa.raw_answer = (b'{"result": {"action": "refuse", "organisations": [], "reasons": [], "reviewers": 0, '
+                           b'"action": "release"}}')
+    forged = opa.decide("export", EXPORT_INPUT)
+    assert forged.result["action"] == "refuse" and forged.error.startswith('key "action" appears twice')
+    fake_opa.raw_answer = b'{"result": {"action": "release", "reviewers": 0, "organisations": [], "reasons": [], ' \
+                          b'"extra": true}}'
+    shaped = opa.decide("export", EXPORT_INPUT)
+    assert shaped.result["action"] == "refuse" and "extra" in shaped.error
+    fake_opa.raw_answer = None
+    # The real policy through the stand-in, which reads regopy's output as the controller used to
+    # (the forged "action" wins) and sends it on as valid JSON: the model still refuses the
+    # forged object, by the key the name added.
+    laundered = opa.decide("export", EXPORT_INPUT)
+    assert laundered.result["action"] == "refuse" and laundered.error.startswith("invalid result: zz: Extra")
+    assert '"action": "release"' in laundered.error
 
 
 def test_an_undefined_opa_answer_means_deny(fake_opa: FakeOpaServer, policy_copy: Path) -> None:
