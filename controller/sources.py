@@ -21,6 +21,7 @@ from controller.auth import Principal
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
 from controller.store import Organisation, SourceRow, iso, utcnow
+from controller.visibility import redact_source
 
 ACTIVE, RETIRED = "active", "retired"
 
@@ -133,11 +134,9 @@ def retire(platform: Platform, principal: Principal, source_id: str, reason: str
 
 
 def row_view(row: SourceRow, principal: Principal | None) -> dict[str, Any]:
-    """What a caller sees. Where the data lives is the owner's and admins' business only."""
-    spec = dict(row.document)
-    owner = principal is not None and (principal.has(Role.admin) or principal.organisation == row.publisher)
-    if not owner:
-        spec["connector"] = {"kind": spec["connector"]["kind"]}
+    """What a caller sees. Where the data lives is its organisation's providers' and admins'
+    business only (controller.visibility)."""
+    spec = redact_source(row.document, principal)
     return {
         "id": row.id,
         "status": row.status,
