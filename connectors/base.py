@@ -48,6 +48,7 @@ PUBLIC: dict[str, str] = {
     "invalid_location": "the source's location is refused",
     "untrusted": "the warehouse's TLS certificate is not trusted",
     "unsupported": "no connector reads this kind of location",
+    "location_refused": "the source's location is not one its organisation may use on this site",
 }
 
 log = logging.getLogger("bulles.warehouse")
@@ -65,7 +66,7 @@ class ConnectorError(Exception):
     only the public text can give it to those who can look the detail up.
 
     Codes: unreachable, unauthorised, not_found, unknown_column, schema_mismatch, empty,
-    invalid_location, untrusted (TLS), unsupported.
+    invalid_location, untrusted (TLS), unsupported, location_refused (not its organisation's).
     """
 
     def __init__(self, source: str, code: str, detail: str, *, public: str | None = None,

@@ -26,7 +26,7 @@ import ipaddress
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,10 +50,13 @@ def resolve(host: str) -> list[str]:
 
 
 class HttpConnector:
-    def __init__(self, source_id: str, location: HttpLocation, declared: pa.Schema, *, allow_private: bool = False,
+    def __init__(self, source_id: str, location: HttpLocation, declared: pa.Schema, *,
+                 refuse_url: Callable[[str], str | None], allow_private: bool = False,
                  ca_bundle: Path | None = None) -> None:
+        """`refuse_url` says why a redirect's target is not the source's organisation's to
+        fetch (None when it is): a host open to all must not redirect into an owned one."""
         self.source_id, self.location, self.declared, self.allow_private = source_id, location, declared, allow_private
-        self.ca_bundle = ca_bundle
+        self.ca_bundle, self.refuse_url = ca_bundle, refuse_url
 
     def _check_address(self, url: httpx.URL) -> None:
         host = url.host
@@ -122,6 +125,11 @@ class HttpConnector:
             raise ConnectorError(self.source_id, "invalid_location",
                                  f"{response.url} redirects to plain HTTP ({target}); HTTPS is never downgraded",
                                  public="the warehouse redirects from HTTPS to plain HTTP")
+        refused = self.refuse_url(str(target))
+        if refused is not None:
+            raise ConnectorError(self.source_id, "location_refused", f"{response.url} redirects to {target}: {refused}",
+                                 public="the warehouse redirects to a host its organisation may not use",
+                                 field="connector.url")
         return request
 
     def probe(self) -> Probe:

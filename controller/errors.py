@@ -76,7 +76,8 @@ def validation_error(exc: ValidationError | RequestValidationError) -> ApiError:
 
 
 # The warehouse, not the caller, is at fault for most warehouse errors: 502 says so.
-WAREHOUSE_STATUS = {"unknown_column": 422, "invalid_location": 422, "schema_mismatch": 409, "empty": 409}
+WAREHOUSE_STATUS = {"unknown_column": 422, "invalid_location": 422, "schema_mismatch": 409, "empty": 409,
+                    "location_refused": 409}
 
 
 def warehouse_error_body(exc: ConnectorError, *, full: bool) -> dict[str, Any]:

@@ -317,14 +317,26 @@ def failed_event(actor: str, view: Mapping[str, Any], error: ConnectorError | Ap
     return Event(actor, "view.failed", "view", view["view"], details, decision_id=view.get("decision_id"))
 
 
+def probe_refused_event(actor: str, spec: SourceSpec, error: ConnectorError) -> Event:
+    """A probe the ownership rule stopped: who tried, on which source, which field is at fault."""
+    return Event(actor, "source.probe_refused", "source", spec.id, {
+        "publisher": spec.publisher, "error": error.code, "field": error.field, "incident": error.incident})
+
+
 def probe(platform: Any, actor: str, spec: SourceSpec, *, scan: bool = False) -> dict[str, Any]:
     """What the warehouse holds for `spec`: the schema found, the rows, declared columns it lacks.
 
     With `scan`, every row is also read as a view reads them, so that a value deep in the source
-    that does not fit its declaration is found and reported, in full, to those who may probe."""
-    connector = open_connector(spec, platform.settings)
-    found = connector.probe()
-    scanned = sum(batch.num_rows for batch in connector.scan(batch_rows=SCAN_ROWS)) if scan else None
+    that does not fit its declaration is found and reported, in full, to those who may probe.
+    A location the ownership rule refuses is recorded as `source.probe_refused`."""
+    try:
+        connector = open_connector(spec, platform.settings)
+        found = connector.probe()
+        scanned = sum(batch.num_rows for batch in connector.scan(batch_rows=SCAN_ROWS)) if scan else None
+    except ConnectorError as exc:
+        if exc.code == "location_refused":
+            platform.audit.append(probe_refused_event(actor, spec, exc))
+        raise
     declared = {c.name: c.type.value for c in spec.schema_}
     answer = {"source": spec.id, "rows": found.rows, "exact": found.exact,
               "columns": [{"name": f.name, "type": str(f.type), "declared": declared.get(f.name)} for f in found.schema],

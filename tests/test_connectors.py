@@ -26,6 +26,10 @@ from conftest import ROOT, example, free_port
 from controller.config import load_settings
 
 OPENDATA = ROOT / "catalog" / "demo" / "opendata"
+PUBLISHER = "demo-rennes"  # of every example source
+# The hosts the HTTP tests fetch from (or would, were the address rule not to stop them),
+# opened to the examples' organisation.
+HOSTS = {host: [PUBLISHER] for host in ("127.0.0.1", "warehouse.example.org", "169.254.169.254")}
 OPEN = ["fr-en-ips-colleges-ap2022", "fr-en-annuaire-education", "fr-en-ecoles-effectifs-nb_classes", "fr-en-ips_ecoles"]
 
 
@@ -40,7 +44,7 @@ def scan_all(spec: SourceSpec, settings: Any, columns: list[str] | None = None, 
 
 @pytest.fixture
 def settings(home: Path):
-    return load_settings(home, http_allow_private=True)
+    return load_settings(home, http_allow_private=True, http_hosts=HOSTS)
 
 
 # -- file ----------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ def test_scan_is_streamed_in_bounded_batches(settings) -> None:
 def test_file_errors_name_the_source_and_the_problem(tmp_path: Path, home: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    settings = load_settings(home, file_roots={"t": root})
+    settings = load_settings(home, file_roots={"t": {"path": root, "organisations": [PUBLISHER]}})
     header = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes().split(b"\n", 1)[0]
     (root / "bad.csv").write_bytes(header + b"\n2022-2023;LYON;001;AIN;X;C;01025;B;public;many;110.4;31.3\n")
     (root / "short.csv").write_bytes(b"UAI;IPS\n0010005A;100\n")
@@ -101,7 +105,7 @@ def test_file_errors_name_the_source_and_the_problem(tmp_path: Path, home: Path)
     unknown_root = spec_with("fr-en-ips-colleges-ap2022", {"kind": "file", "root": "nowhere", "path": "x.csv"})
     with pytest.raises(ConnectorError) as caught:
         open_connector(unknown_root, settings)
-    assert caught.value.code == "invalid_location" and "no file root 'nowhere'" in caught.value.detail
+    assert caught.value.code == "location_refused" and "no file root 'nowhere'" in caught.value.detail
 
 
 def test_parquet_files_probe_exactly(tmp_path: Path, home: Path) -> None:
@@ -257,7 +261,7 @@ def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
     assert code(f"{http_files.base}/empty.csv") == "empty"
     assert code(f"http://127.0.0.1:{free_port()}/x.csv") == "unreachable"
     # A catalog entry must not make the controller fetch internal addresses unless the site says so.
-    strict = load_settings(home, http_allow_private=False)
+    strict = load_settings(home, http_allow_private=False, http_hosts=HOSTS)
     hits = len(http_files.hits)
     assert code(f"{http_files.base}{EXPORTS}/csv", strict) == "invalid_location"
     assert code("http://169.254.169.254/latest/meta-data", strict) == "invalid_location"
@@ -312,7 +316,7 @@ def public_dns(monkeypatch: pytest.MonkeyPatch, redirecting: FileServer) -> None
 
 def test_http_checks_every_redirect_hop_against_the_address_rule(
         public_dns: None, redirecting: FileServer, home: Path) -> None:
-    strict = load_settings(home, http_allow_private=False)
+    strict = load_settings(home, http_allow_private=False, http_hosts=HOSTS)
     hits = len(redirecting.hits)
     error = http_failure("http://warehouse.example.org/to-metadata", strict)
     assert error.code == "invalid_location" and "169.254.169.254" in error.detail
@@ -385,7 +389,7 @@ def https_files(authority: Authority, http_files: FileServer) -> Iterator[FileSe
 
 def test_https_source_is_read_when_its_authority_is_trusted(https_files: FileServer, authority: Authority,
                                                             home: Path) -> None:
-    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle, http_hosts=HOSTS)
     spec = csv_source(f"{https_files.base}{CSV_URL}")
     assert open_connector(spec, trusting).probe().schema.names == [c.name for c in spec.schema_]
     table = scan_all(spec, trusting, ["UAI", "IPS"])
@@ -403,7 +407,7 @@ def test_https_with_a_certificate_for_another_host_is_untrusted(authority: Autho
     server = FileServer({CSV_URL: (b"a;b\n1;2\n", "text/csv")},
                         tls=authority.server_context([x509.DNSName("warehouse.example.org")]))
     try:
-        trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+        trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle, http_hosts=HOSTS)
         error = http_failure(f"{server.base}{CSV_URL}", trusting)
         assert error.code == "untrusted" and "127.0.0.1" in error.detail
         assert server.hits == []  # nothing was asked of a server that could not prove who it is
@@ -413,7 +417,7 @@ def test_https_with_a_certificate_for_another_host_is_untrusted(authority: Autho
 
 def test_https_is_never_downgraded_by_a_redirect(https_files: FileServer, authority: Authority,
                                                  http_files: FileServer, home: Path) -> None:
-    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle, http_hosts=HOSTS)
     hits = len(http_files.hits)
     error = http_failure(f"{https_files.base}/downgrade", trusting)
     assert error.code == "invalid_location" and "plain HTTP" in error.detail
@@ -514,8 +518,10 @@ def warehouse_db(pg_server: str, home: Path) -> Iterator[tuple[str, Any]]:
                 copy.write_row(list(row.values()))
         conn.execute("ANALYZE scolarite.eleves")
         conn.execute("CREATE SEQUENCE scolarite.counter")
-    settings = load_settings(home, databases={"rectorat": url, "ghost": f"{pg_server}/no_such_db",
-                                              "closed": f"postgresql://nologin_role@{pg_server.split('@')[1]}/{name}"})
+    urls = {"rectorat": url, "ghost": f"{pg_server}/no_such_db",
+            "closed": f"postgresql://nologin_role@{pg_server.split('@')[1]}/{name}"}
+    settings = load_settings(home, databases={key: {"url": value, "organisations": [PUBLISHER]}
+                                              for key, value in urls.items()})
     try:
         yield url, settings
     finally:
@@ -565,7 +571,8 @@ def test_postgresql_errors(warehouse_db) -> None:
     url, _ = warehouse_db
     with psycopg.connect(url) as conn:  # the failed write attempt changed nothing
         assert conn.execute("SELECT count(*) FROM scolarite.eleves").fetchone()[0] == 2500
-    unreachable = load_settings(settings.home, databases={"rectorat": f"postgresql://postgres@127.0.0.1:{free_port()}/x"})
+    unreachable = load_settings(settings.home, databases={"rectorat": {
+        "url": f"postgresql://postgres@127.0.0.1:{free_port()}/x", "organisations": [PUBLISHER]}})
     with pytest.raises(ConnectorError) as caught:
         list(open_connector(pg_spec(table="scolarite.eleves"), unreachable).scan())
     assert caught.value.code == "unreachable"
@@ -584,7 +591,8 @@ def test_public_texts_name_the_problem_never_the_location_or_a_value(
     (root / "bad-value.csv").write_bytes(header + f"\n2022-2023;LYON;001;AIN;X;C;01025;B;public;{value};1;2\n".encode())
     (root / "bad.parquet").write_bytes(b"PAR1 not really parquet")
     _, pg = warehouse_db
-    settings = load_settings(home, http_allow_private=True, databases=pg.databases, file_roots={"t": root})
+    settings = load_settings(home, http_allow_private=True, http_hosts=HOSTS, databases=pg.databases,
+                             file_roots={"t": {"path": root, "organisations": [PUBLISHER]}})
     ips = "fr-en-ips-colleges-ap2022"
     cases = [  # (source, columns scanned, code, what only the detail may say)
         (spec_with(ips, {"kind": "file", "root": "t", "path": "bad-value.csv", "format": "csv"}), None,

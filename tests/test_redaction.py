@@ -59,8 +59,9 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Credentials]
 def s3_site(home: Path, db_url: str, seaweed: S3Credentials) -> Iterator[Site]:
     """demo-rennes's warehouse, three open sources on it that fail, and two more users: a
     researcher of demo-rennes itself, and an auditor who is also one of its providers."""
+    owned = seaweed.model_dump() | {"organisations": ["demo-rennes"]}
     settings = load_settings(home, database_url=db_url, checkpoint_interval_seconds=0, reconcile_seconds=0,
-                             s3={"rennes": seaweed.model_dump()})
+                             s3={"rennes": owned})
     with Platform(settings) as platform:
         site = Site(platform)
         for username, roles in (("rita", ["researcher"]), ("paul", ["auditor", "provider"])):

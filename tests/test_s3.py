@@ -123,8 +123,13 @@ def _spec(example: str, location: dict[str, Any]) -> SourceSpec:
     return SourceSpec.model_validate(data)
 
 
+def _owned(creds: S3Credentials) -> dict[str, Any]:
+    """The credential set as a site declares it for the examples' organisation."""
+    return creds.model_dump() | {"organisations": ["demo-rennes"]}
+
+
 def _connect(w: Warehouse, example: str, creds: S3Credentials | None = None, **location: Any) -> Connector:
-    settings = load_settings(w.home, s3={"default": (creds or w.creds).model_dump()})
+    settings = load_settings(w.home, s3={"default": _owned(creds or w.creds)})
     return open_connector(_spec(example, location), settings)
 
 
@@ -464,7 +469,7 @@ def test_objects_and_credentials_survive_a_restart_on_the_same_directory(tmp_pat
         assert (again.access_key, again.secret_key) == (creds.access_key, creds.secret_key)
         body = s3_client(again).get_object("opendata", "ips.csv").read()
         assert body == source.read_bytes()
-        settings = load_settings(tmp_path, s3={"default": again.model_dump()})
+        settings = load_settings(tmp_path, s3={"default": _owned(again)})
         table = pa.Table.from_batches(list(open_connector(
             _spec(IPS, {"bucket": "opendata", "key": "ips.csv", "format": "csv"}), settings).scan()))
         assert table.num_rows == 6973
@@ -480,7 +485,7 @@ def test_a_warehouse_that_dies_mid_scan_is_unreachable_not_a_schema_mismatch(
     with SeaweedFS(tmp_path / "sw") as server:
         ensure_bucket(server.credentials(), "warehouse")
         upload(server.credentials(), "warehouse", "p.parquet", _write_parquet(table, tmp_path / "p.parquet", 2000))
-        settings = load_settings(tmp_path, s3={"default": server.credentials().model_dump()})
+        settings = load_settings(tmp_path, s3={"default": _owned(server.credentials())})
         batches = open_connector(_spec(PUPILS, {"bucket": "warehouse", "key": "p.parquet"}), settings).scan(
             batch_rows=2000)
         assert next(batches).num_rows == 2000
