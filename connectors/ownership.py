@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from connectors.location import FileLocation, HttpLocation, Location, PostgresqlLocation, S3Location
 from controller.config import S3Credentials, Settings
@@ -149,7 +149,12 @@ def refused_sources(sources: Iterable[tuple[str, str, Mapping[str, Any]]],
     the site reports at start, after its configuration changed under registered sources."""
     refused = []
     for source_id, publisher, connector in sources:
-        found = refusal(_LOCATION.validate_python(connector), publisher, settings)
+        try:
+            location = _LOCATION.validate_python(connector)
+        except ValidationError:  # stored under an older model: unusable too, and no reason to stop the site
+            refused.append((source_id, Refusal("connector", "the stored location is no longer a valid one")))
+            continue
+        found = refusal(location, publisher, settings)
         if found is not None:
             refused.append((source_id, found))
     return refused

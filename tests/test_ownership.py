@@ -141,9 +141,12 @@ def test_redirect_targets_are_checked_by_the_same_rule() -> None:
 def test_refused_sources_lists_what_breaks_the_rule() -> None:
     stored = [("a", A, {"kind": "s3", "bucket": "eleves", "key": "k", "credentials": "rennes"}),
               ("b", B, {"kind": "s3", "bucket": "eleves", "key": "k", "credentials": "rennes"}),
-              ("c", B, {"kind": "file", "root": "autre", "path": "x.csv", "format": "csv"})]
-    assert refused_sources(stored, SETTINGS) == [("b", Refusal(
-        "connector.credentials", "organisation 'autre-academie' has no S3 credential set 'rennes' on this site"))]
+              ("c", B, {"kind": "file", "root": "autre", "path": "x.csv", "format": "csv"}),
+              ("d", A, {"kind": "ftp", "host": "old.example.org"})]
+    assert refused_sources(stored, SETTINGS) == [
+        ("b", Refusal("connector.credentials",
+                      "organisation 'autre-academie' has no S3 credential set 'rennes' on this site")),
+        ("d", Refusal("connector", "the stored location is no longer a valid one"))]
 
 
 @pytest.mark.parametrize("values, problem", [
