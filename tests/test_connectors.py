@@ -301,6 +301,19 @@ def test_http_refuses_a_redirect_out_of_http(redirecting: FileServer, settings) 
     assert error.code == "invalid_location" and "'file:'" in error.detail
 
 
+def test_http_refuses_a_redirect_into_a_host_the_organisation_may_not_use(
+        redirecting: FileServer, http_files: FileServer, home: Path) -> None:
+    """A host open to the source's organisation answers 302 to another organisation's host: the
+    hop is refused by the ownership rule before it is asked."""
+    port = urlsplit(redirecting.base).port
+    only_this_one = load_settings(home, http_allow_private=True, http_hosts={f"127.0.0.1:{port}": [PUBLISHER]})
+    hits = len(http_files.hits)
+    error = http_failure(f"{redirecting.base}/moved", only_this_one)
+    assert error.code == "location_refused" and error.field == "connector.url"
+    assert f"127.0.0.1:{urlsplit(http_files.base).port}" in error.detail
+    assert len(http_files.hits) == hits  # the other host was never asked
+
+
 @pytest.fixture
 def public_dns(monkeypatch: pytest.MonkeyPatch, redirecting: FileServer) -> None:
     """A fake DNS in which warehouse.example.org is a public address, and the loopback server
