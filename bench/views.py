@@ -117,8 +117,9 @@ def main() -> None:
             table = source_table(rows, pupils)
             upload(table, fs)
             del table
-            settings = load_settings(home, s3={"default": creds.model_dump()}, checkpoint_interval_seconds=0)
             spec_data = yaml.safe_load((ROOT / "catalog/examples/eleves-synthetiques.yaml").read_text(encoding="utf-8"))
+            owned = creds.model_copy(update={"organisations": [spec_data["publisher"]]})
+            settings = load_settings(home, s3={"default": owned.model_dump()}, checkpoint_interval_seconds=0)
             spec_data["schema"].append({"name": "period", "type": "int64", "role": "attribute"})
             spec_data["access_modes"] = ["raw", "minimised", "pseudonymised", "generalised", "aggregated", "synthetic"]
             spec_data["connector"] = {"kind": "s3", "bucket": BUCKET, "key": KEY, "format": "parquet"}

@@ -8,6 +8,8 @@ consume batches.
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,16 +35,59 @@ ARROW_TYPES: dict[ColumnType, pa.DataType] = {
 Scan = Callable[[], Iterator[pa.RecordBatch]]
 
 
+# What anyone may be told of each failure: the problem, never where or what (no bucket, key,
+# endpoint, host, path, database, table, nor a value read). A raise that gives no public text
+# of its own gets this one, so a new error cannot leak by omission.
+PUBLIC: dict[str, str] = {
+    "unreachable": "the warehouse could not be reached",
+    "unauthorised": "the warehouse refused the site's credentials",
+    "not_found": "the data was not found in the warehouse",
+    "unknown_column": "a requested column is not in the source",
+    "schema_mismatch": "the warehouse's content does not match the declared schema",
+    "empty": "the source holds no rows",
+    "invalid_location": "the source's location is refused",
+    "untrusted": "the warehouse's TLS certificate is not trusted",
+    "unsupported": "no connector reads this kind of location",
+    "location_refused": "the source's location is not one its organisation may use on this site",
+}
+
+log = logging.getLogger("bulles.warehouse")
+
+
 class ConnectorError(Exception):
     """A warehouse problem, reported with the source it concerns and a stable code.
 
+    It carries two texts. `detail` says everything (the bucket and key, the endpoint, the
+    warehouse's own words, the value that did not convert): it is for the server log and for
+    those who may see where the source lives (its organisation's providers, admins). `public`
+    names only the problem (and a column, which the catalog shows anyway); `str()` gives the
+    public text, so whatever prints an error without choosing shows the safe one. Each error
+    gets an incident id, logged with the detail, that the public text quotes: someone told
+    only the public text can give it to those who can look the detail up.
+
     Codes: unreachable, unauthorised, not_found, unknown_column, schema_mismatch, empty,
-    invalid_location, untrusted (TLS), unsupported.
+    invalid_location, untrusted (TLS), unsupported, location_refused (not its organisation's).
     """
 
-    def __init__(self, source: str, code: str, message: str) -> None:
-        super().__init__(f"source '{source}': {message}")
-        self.source, self.code, self.message = source, code, message
+    def __init__(self, source: str, code: str, detail: str, *, public: str | None = None,
+                 field: str | None = None) -> None:
+        self.source, self.code, self.detail, self.field = source, code, detail, field
+        self.public = public or PUBLIC.get(code, "the warehouse failed")
+        self.incident = secrets.token_hex(6)
+        super().__init__(f"source '{source}': {self.public} (incident {self.incident})")
+        log.warning("incident %s: source '%s': %s: %s", self.incident, source, code, detail)
+
+    def locate(self, where: str) -> "ConnectorError":
+        """Add where it happened to the detail: the format readers see bytes, their connector
+        knows the object or file they come from."""
+        self.detail = f"{where}: {self.detail}"
+        log.warning("incident %s: in %s", self.incident, where)
+        return self
+
+    @property
+    def full(self) -> str:
+        """The detailed text, for those who may read it."""
+        return f"source '{self.source}': {self.detail}"
 
 
 class DataError(Exception):
@@ -91,5 +136,6 @@ def check_columns(source: str, wanted: Sequence[str] | None, available: Sequence
         return list(available)
     missing = [c for c in wanted if c not in available]
     if missing:
-        raise ConnectorError(source, "unknown_column", f"no column {', '.join(repr(c) for c in missing)}")
+        names = ", ".join(repr(c) for c in missing)
+        raise ConnectorError(source, "unknown_column", f"no column {names}", public=f"no column {names}")
     return list(wanted)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, text_probe
+from connectors.formats import NOT_PARQUET, batches_for, text_probe
 from connectors.location import FileLocation
 
 
@@ -33,7 +33,8 @@ class FileConnector:
         try:
             return pa.OSFile(str(self.path), "rb")
         except OSError as exc:
-            raise ConnectorError(self.source_id, "unreachable", f"cannot open the file: {exc}") from None
+            raise ConnectorError(self.source_id, "unreachable", f"cannot open '{self.location.path}' under root "
+                                                                f"'{self.location.root}': {exc}") from None
 
     def probe(self) -> Probe:
         with self._open() as handle:
@@ -42,15 +43,21 @@ class FileConnector:
                     meta = pq.ParquetFile(handle).metadata
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise ConnectorError(self.source_id, "schema_mismatch",
-                                         f"not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+                                         f"'{self.location.path}' under root '{self.location.root}' is not a "
+                                         f"readable Parquet file: {str(exc).splitlines()[0]}",
+                                         public=NOT_PARQUET) from None
                 return Probe(meta.schema.to_arrow_schema(), meta.num_rows, exact=True)
             size = self.path.stat().st_size
             head = handle.read(64 * 1024)
         if not head.strip():
-            raise ConnectorError(self.source_id, "empty", "the file is empty")
+            raise ConnectorError(self.source_id, "empty", f"'{self.location.path}' under root '{self.location.root}' "
+                                                          "is empty")
         return text_probe(self.location.format, head, size, self.declared)
 
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         chosen = check_columns(self.source_id, columns, self.declared.names)
         with self._open() as handle:
-            yield from batches_for(self.location.format, handle, self.source_id, self.declared, chosen, batch_rows)
+            try:
+                yield from batches_for(self.location.format, handle, self.source_id, self.declared, chosen, batch_rows)
+            except ConnectorError as exc:
+                raise exc.locate(f"'{self.location.path}' under root '{self.location.root}'") from None

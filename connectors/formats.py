@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,10 @@ import pyarrow.parquet as pq
 from connectors.base import ConnectorError, Probe
 
 _DELIMITERS = (";", ",", "\t", "|")
+NOT_PARQUET = "the warehouse's content is not readable Parquet"
+# Where Arrow's readers name the column of a value they could not convert.
+_CSV_COLUMN = re.compile(r"CSV column #(\d+)")
+_JSON_COLUMN = re.compile(r"Column\(/([^)]*)\)")
 _SNIFF_BYTES = 64 * 1024
 
 
@@ -197,9 +202,24 @@ def _converts(values: pa.Array, target: pa.DataType) -> bool:
     return True
 
 
-def _mismatch(source: str, exc: Exception) -> ConnectorError:
+def _mismatch(source: str, exc: Exception, header: Sequence[str] = ()) -> ConnectorError:
+    """A value Arrow could not read as its declared type. Arrow's words quote the value, so
+    they go only in the detail; the public text names the column when Arrow says which."""
     text = str(exc).split("\n")[0]
-    return ConnectorError(source, "schema_mismatch", f"content does not match the declared schema: {text}")
+    column = None
+    if found := _CSV_COLUMN.search(text):
+        index = int(found.group(1))
+        column = header[index] if index < len(header) else None
+    elif found := _JSON_COLUMN.search(text):
+        column = found.group(1)
+    public = f"column '{column}' holds a value that is not of its declared type" if column else None
+    return ConnectorError(source, "schema_mismatch", f"content does not match the declared schema: {text}",
+                          public=public)
+
+
+def _missing_columns(source: str, missing: Sequence[str], where: str) -> ConnectorError:
+    text = f"declared column(s) {', '.join(map(repr, missing))} are not in {where}"
+    return ConnectorError(source, "schema_mismatch", text, public=text)
 
 
 def csv_batches(
@@ -208,13 +228,12 @@ def csv_batches(
     """Stream a CSV; every declared column must be in its header, with values of its type."""
     head, buffered = peek(stream)
     if not head.strip():
-        raise ConnectorError(source, "empty", "the file is empty")
+        raise ConnectorError(source, "empty", "the content is empty")
     delimiter = sniff_delimiter(head)
     header = _header(head, delimiter)
     missing = [f.name for f in declared if f.name not in header]
     if missing:
-        raise ConnectorError(source, "schema_mismatch", f"declared column(s) {', '.join(map(repr, missing))} "
-                                                       "are not in the file's header")
+        raise _missing_columns(source, missing, "the file's header")
     types = {name: declared.field(name).type for name in columns}
     try:
         reader = pacsv.open_csv(
@@ -227,7 +246,7 @@ def csv_batches(
         for batch in reader:
             yield from _rebatch(batch, batch_rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise _mismatch(source, exc) from None
+        raise _mismatch(source, exc, header) from None
 
 
 def parquet_batches(
@@ -246,12 +265,12 @@ def parquet_batches(
     except (pa.ArrowInvalid, OSError) as exc:
         if "AWS Error" in str(exc):
             raise
-        raise ConnectorError(source, "schema_mismatch", f"not a readable Parquet file: {exc}") from None
+        raise ConnectorError(source, "schema_mismatch", f"not a readable Parquet file: {exc}",
+                             public=NOT_PARQUET) from None
     present = parquet.schema_arrow.names
     missing = [f.name for f in declared if f.name not in present]
     if missing:
-        raise ConnectorError(source, "schema_mismatch", f"declared column(s) {', '.join(map(repr, missing))} "
-                                                       "are not in the Parquet schema")
+        raise _missing_columns(source, missing, "the Parquet schema")
     target = pa.schema([declared.field(c) for c in columns])
     for index in range(parquet.num_row_groups):
         reader = parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=list(columns))
@@ -264,7 +283,8 @@ def parquet_batches(
                 if "AWS Error" in str(exc):
                     raise
                 raise ConnectorError(source, "schema_mismatch", f"row group {index} cannot be read: "
-                                                               f"{str(exc).splitlines()[0]}") from None
+                                                               f"{str(exc).splitlines()[0]}",
+                                     public=f"row group {index} of the Parquet content cannot be read") from None
             yield conform(batch, target, source)
 
 
@@ -281,7 +301,7 @@ def json_batches(
     head = stream.read(_SNIFF_BYTES)
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     if not text:
-        raise ConnectorError(source, "empty", "the file is empty")
+        raise ConnectorError(source, "empty", "the content is empty")
     rest = ChunkReader(itertools.chain([text], iter(lambda: stream.read(1 << 20), b"")))
     target = pa.schema([declared.field(c) for c in columns])
     if text.startswith(b"["):
@@ -295,13 +315,15 @@ def _array_batches(stream: Any, source: str, target: pa.Schema, batch_rows: int)
     try:
         for record in ijson.items(stream, "item", use_float=True):
             if not isinstance(record, dict):
-                raise ConnectorError(source, "schema_mismatch", "a JSON array of objects was expected")
+                raise ConnectorError(source, "schema_mismatch", "a JSON array of objects was expected",
+                                     public="the content is not a JSON array of objects")
             records.append(record)
             if len(records) == batch_rows:
                 yield _records_batch(records, target, source)
                 records = []
     except ijson.JSONError as exc:
-        raise ConnectorError(source, "schema_mismatch", f"not valid JSON: {str(exc).splitlines()[0]}") from None
+        raise ConnectorError(source, "schema_mismatch", f"not valid JSON: {str(exc).splitlines()[0]}",
+                             public="the content is not valid JSON") from None
     if records:
         yield _records_batch(records, target, source)
 
@@ -342,8 +364,7 @@ def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:
 def _from_records(records: list[dict[str, Any]], target: pa.Schema, source: str) -> pa.RecordBatch:
     missing = [f.name for f in target if all(f.name not in r for r in records)]
     if missing:
-        raise ConnectorError(source, "schema_mismatch", f"declared column(s) {', '.join(map(repr, missing))} "
-                                                       "are in no record")
+        raise _missing_columns(source, missing, "any record")
     strings = pa.RecordBatch.from_pylist([{f.name: r.get(f.name) for f in target} for r in records])
     return conform(strings, target, source)
 
@@ -358,9 +379,9 @@ def conform(batch: pa.RecordBatch, target: pa.Schema, source: str) -> pa.RecordB
         try:
             arrays.append(column if column.type == field.type else column.cast(field.type, safe=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise ConnectorError(source, "schema_mismatch",
-                                 f"column '{field.name}' holds {column.type} values that are not {field.type}: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            summary = f"column '{field.name}' holds {column.type} values that are not {field.type}"
+            raise ConnectorError(source, "schema_mismatch", f"{summary}: {str(exc).splitlines()[0]}",
+                                 public=summary) from None
     return pa.RecordBatch.from_arrays(arrays, schema=target)
 
 

@@ -26,7 +26,7 @@ import ipaddress
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,17 +50,21 @@ def resolve(host: str) -> list[str]:
 
 
 class HttpConnector:
-    def __init__(self, source_id: str, location: HttpLocation, declared: pa.Schema, *, allow_private: bool = False,
+    def __init__(self, source_id: str, location: HttpLocation, declared: pa.Schema, *,
+                 refuse_url: Callable[[str], str | None], allow_private: bool = False,
                  ca_bundle: Path | None = None) -> None:
+        """`refuse_url` says why a redirect's target is not the source's organisation's to
+        fetch (None when it is): a host open to all must not redirect into an owned one."""
         self.source_id, self.location, self.declared, self.allow_private = source_id, location, declared, allow_private
-        self.ca_bundle = ca_bundle
+        self.ca_bundle, self.refuse_url = ca_bundle, refuse_url
 
     def _check_address(self, url: httpx.URL) -> None:
         host = url.host
         try:
             addresses = resolve(host)
         except socket.gaierror:
-            raise ConnectorError(self.source_id, "unreachable", f"cannot resolve host '{host}'") from None
+            raise ConnectorError(self.source_id, "unreachable", f"cannot resolve host '{host}'",
+                                 public="the warehouse's host name does not resolve") from None
         if self.allow_private:
             return
         for text in addresses:
@@ -68,12 +72,14 @@ class HttpConnector:
             if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved \
                     or address.is_multicast or address.is_unspecified:
                 raise ConnectorError(self.source_id, "invalid_location",
-                                     f"'{host}' resolves to {address}, a non-public address this site does not fetch")
+                                     f"'{host}' resolves to {address}, a non-public address this site does not fetch",
+                                     public="the source's host resolves to an address this site does not fetch")
 
     def _fail(self, response: httpx.Response) -> ConnectorError:
         status = response.status_code
         code = {401: "unauthorised", 403: "unauthorised", 404: "not_found", 410: "not_found"}.get(status, "unreachable")
-        return ConnectorError(self.source_id, code, f"GET {response.url} answered {status}")
+        return ConnectorError(self.source_id, code, f"GET {response.url} answered {status}",
+                              public=f"the warehouse answered HTTP {status}")
 
     def _client(self) -> httpx.Client:
         return httpx.Client(timeout=TIMEOUT, follow_redirects=False, headers={"Accept-Encoding": "gzip"},
@@ -99,7 +105,8 @@ class HttpConnector:
                     finally:
                         response.close()
                 raise ConnectorError(self.source_id, "unreachable",
-                                     f"GET {self.location.url} was redirected more than {MAX_REDIRECTS} times")
+                                     f"GET {self.location.url} was redirected more than {MAX_REDIRECTS} times",
+                                     public=f"the warehouse redirected more than {MAX_REDIRECTS} times")
         except httpx.HTTPError as exc:
             if _is_certificate_error(exc):
                 raise ConnectorError(self.source_id, "untrusted",
@@ -112,10 +119,17 @@ class HttpConnector:
         target = request.url
         if target.scheme not in ("http", "https"):
             raise ConnectorError(self.source_id, "invalid_location",
-                                 f"{response.url} redirects to '{target.scheme}:', which is not HTTP(S)")
+                                 f"{response.url} redirects to '{target.scheme}:', which is not HTTP(S)",
+                                 public="the warehouse redirects to something that is not HTTP(S)")
         if response.url.scheme == "https" and target.scheme == "http":
             raise ConnectorError(self.source_id, "invalid_location",
-                                 f"{response.url} redirects to plain HTTP ({target}); HTTPS is never downgraded")
+                                 f"{response.url} redirects to plain HTTP ({target}); HTTPS is never downgraded",
+                                 public="the warehouse redirects from HTTPS to plain HTTP")
+        refused = self.refuse_url(str(target))
+        if refused is not None:
+            raise ConnectorError(self.source_id, "location_refused", f"{response.url} redirects to {target}: {refused}",
+                                 public="the warehouse redirects to a host its organisation may not use",
+                                 field="connector.url")
         return request
 
     def probe(self) -> Probe:
@@ -128,7 +142,7 @@ class HttpConnector:
             head, complete = _head(response)
             total = self._total_bytes(response, head, complete)
         if not head.strip():
-            raise ConnectorError(self.source_id, "empty", "the response is empty")
+            raise ConnectorError(self.source_id, "empty", f"GET {self.location.url}: the response is empty")
         if self.location.format == "parquet":
             return Probe(self.declared, None)
         return text_probe(self.location.format, head, total, self.declared)
@@ -147,11 +161,14 @@ class HttpConnector:
     def scan(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         chosen = check_columns(self.source_id, columns, self.declared.names)
         with self._get() as response:
-            if self.location.format == "parquet":
-                yield from self._parquet(response, chosen, batch_rows)
-                return
-            stream = ChunkReader(response.iter_bytes(1 << 16))
-            yield from batches_for(self.location.format, stream, self.source_id, self.declared, chosen, batch_rows)
+            try:
+                if self.location.format == "parquet":
+                    yield from self._parquet(response, chosen, batch_rows)
+                    return
+                stream = ChunkReader(response.iter_bytes(1 << 16))
+                yield from batches_for(self.location.format, stream, self.source_id, self.declared, chosen, batch_rows)
+            except ConnectorError as exc:
+                raise exc.locate(f"GET {response.url}") from None
 
     def _parquet(self, response: httpx.Response, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         with tempfile.TemporaryFile(prefix="bulles-http-") as spool:
@@ -159,7 +176,7 @@ class HttpConnector:
                 spool.write(chunk)
             spool.seek(0)
             if not spool.read(4):
-                raise ConnectorError(self.source_id, "empty", "the response is empty")
+                raise ConnectorError(self.source_id, "empty", f"GET {self.location.url}: the response is empty")
             spool.seek(0)
             yield from batches_for("parquet", spool, self.source_id, self.declared, columns, batch_rows)
 

@@ -7,6 +7,7 @@ the declared types.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 
 import psycopg
@@ -15,6 +16,8 @@ from psycopg import sql
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
 from connectors.location import PostgresqlLocation
+
+_UNDEFINED_COLUMN = re.compile(r'column "([^"]+)" does not exist')
 
 _PG_TO_ARROW = {
     "int2": pa.int64(), "int4": pa.int64(), "int8": pa.int64(), "float4": pa.float64(), "float8": pa.float64(),
@@ -38,7 +41,8 @@ class PostgresqlConnector:
                 raise ConnectorError(self.source_id, "unauthorised", f"database '{self.location.database}' "
                                                                     "refused the site's credentials") from None
             if "database" in text and "does not exist" in text:
-                raise ConnectorError(self.source_id, "not_found", f"database '{self.location.database}' does not exist") from None
+                raise ConnectorError(self.source_id, "not_found", f"database '{self.location.database}' does not exist",
+                                     public="the source's database does not exist") from None
             raise ConnectorError(self.source_id, "unreachable",
                                  f"cannot reach database '{self.location.database}': {text.splitlines()[0]}") from None
 
@@ -52,18 +56,28 @@ class PostgresqlConnector:
 
     def _query_error(self, exc: psycopg.Error) -> ConnectorError:
         if isinstance(exc, psycopg.errors.UndefinedTable):
-            return ConnectorError(self.source_id, "not_found", f"no table {self.location.table or 'in the query'}")
+            return ConnectorError(self.source_id, "not_found", f"no table {self.location.table or 'in the query'} in "
+                                  f"database '{self.location.database}': {str(exc).splitlines()[0]}",
+                                  public="the source's table does not exist")
         if isinstance(exc, psycopg.errors.UndefinedColumn):
+            # Named publicly only when it is a declared column (the catalog shows those anyway).
+            named = _UNDEFINED_COLUMN.search(str(exc))
+            column = named.group(1) if named and named.group(1) in self.declared.names else None
+            public = f"the warehouse lacks declared column '{column}'" if column else "the warehouse lacks a declared column"
             return ConnectorError(self.source_id, "schema_mismatch", f"the warehouse lacks a declared column: "
-                                                                    f"{str(exc).splitlines()[0]}")
+                                                                    f"{str(exc).splitlines()[0]}", public=public)
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            return ConnectorError(self.source_id, "unauthorised", "the site's database role may not read this source")
+            return ConnectorError(self.source_id, "unauthorised", f"the site's role in database "
+                                  f"'{self.location.database}' may not read this source: {str(exc).splitlines()[0]}",
+                                  public="the site's database role may not read this source")
         if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
-            return ConnectorError(self.source_id, "invalid_location", "the source's query tries to write")
+            return ConnectorError(self.source_id, "invalid_location", "the source's query tries to write",
+                                  public="the source's query tries to write")
         if isinstance(exc, psycopg.OperationalError):
             return ConnectorError(self.source_id, "unreachable", f"query failed: {str(exc).splitlines()[0]}")
         return ConnectorError(self.source_id, "invalid_location", f"the source's query is refused: "
-                                                                 f"{str(exc).splitlines()[0]}")
+                                                                 f"{str(exc).splitlines()[0]}",
+                              public="the warehouse refuses the source's query")
 
     def probe(self) -> Probe:
         with self._connect() as conn, conn.cursor() as cur:
@@ -105,7 +119,7 @@ class PostgresqlConnector:
             try:
                 arrays.append(pa.array(values, type=field.type))
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-                raise ConnectorError(self.source_id, "schema_mismatch",
-                                     f"column '{field.name}' holds values that are not {field.type}: "
-                                     f"{str(exc).splitlines()[0]}") from None
+                summary = f"column '{field.name}' holds values that are not {field.type}"
+                raise ConnectorError(self.source_id, "schema_mismatch", f"{summary}: {str(exc).splitlines()[0]}",
+                                     public=summary) from None
         return pa.RecordBatch.from_arrays(arrays, schema=target)

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connectors.base import BATCH_ROWS, ConnectorError, Probe, check_columns
-from connectors.formats import batches_for, text_probe
+from connectors.formats import NOT_PARQUET, batches_for, text_probe
 from connectors.location import S3Location
 from controller.config import S3Credentials
 
@@ -74,7 +74,9 @@ def _endpoint_of(source_id: str, location: S3Location, credentials: S3Credential
             declared = credentials.endpoint or "AWS S3"
             raise ConnectorError(source_id, "invalid_location",
                                  f"endpoint '{location.endpoint}' is not the one credential set "
-                                 f"'{location.credentials or 'default'}' is declared for ({declared})")
+                                 f"'{location.credentials or 'default'}' is declared for ({declared})",
+                                 public="the source's endpoint is not the one its credential set is declared for",
+                                 field="connector.endpoint")
     return credentials.endpoint
 
 
@@ -118,7 +120,7 @@ class S3Connector:
             return ConnectorError(self.source_id, "unreachable",
                                   f"S3 endpoint {self.endpoint} did not answer within {limits.connect_timeout:g} s "
                                   f"to connect and {limits.request_timeout:g} s to reply, in {limits.max_attempts} "
-                                  f"attempt(s): {first}")
+                                  f"attempt(s): {first}", public="the warehouse did not answer in time")
         if any(m in text for m in _UNREACHABLE):
             return ConnectorError(self.source_id, "unreachable", f"cannot reach S3 endpoint {self.endpoint}: {first}")
         return ConnectorError(self.source_id, "unreachable", f"S3 endpoint {self.endpoint} failed: {first}")
@@ -135,7 +137,8 @@ class S3Connector:
                     return [info]
                 if info.type == pafs.FileType.Directory:
                     raise ConnectorError(self.source_id, "not_found",
-                                         f"{self.where} is a prefix holding objects, not an object; use 'prefix'")
+                                         f"{self.where} is a prefix holding objects, not an object; use 'prefix'",
+                                         public="the source's key names a prefix, not an object")
                 raise self._missing()
             prefix = self.location.prefix or ""
             wanted = f"{bucket}/{prefix}"
@@ -158,14 +161,17 @@ class S3Connector:
         except OSError as exc:
             return self._error(exc)
         if bucket.type == pafs.FileType.NotFound:
-            return ConnectorError(self.source_id, "not_found", f"no bucket '{self.location.bucket}' on {self.endpoint}")
+            return ConnectorError(self.source_id, "not_found", f"no bucket '{self.location.bucket}' on {self.endpoint}",
+                                  public="the source's bucket does not exist")
         if self.location.key is not None:
             return ConnectorError(self.source_id, "not_found",
-                                  f"no object '{self.location.key}' in bucket '{self.location.bucket}' on {self.endpoint}")
+                                  f"no object '{self.location.key}' in bucket '{self.location.bucket}' on {self.endpoint}",
+                                  public="the source's object does not exist")
         extensions = "/".join(EXTENSIONS[self.location.format])
         return ConnectorError(self.source_id, "not_found",
                               f"no {extensions} object under prefix '{self.location.prefix}' in bucket "
-                              f"'{self.location.bucket}' on {self.endpoint}")
+                              f"'{self.location.bucket}' on {self.endpoint}",
+                              public=f"no {extensions} object under the source's prefix")
 
     def _non_empty(self, objects: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
         """Zero-byte objects carry no rows (an aborted export part); a source of only those is empty."""
@@ -199,14 +205,16 @@ class S3Connector:
                     if "AWS Error" in str(exc):
                         raise
                     raise ConnectorError(self.source_id, "schema_mismatch",
-                                         f"'{info.path}' is not a readable Parquet file: {exc}") from None
+                                         f"'{info.path}' is not a readable Parquet file: {exc}",
+                                         public=NOT_PARQUET) from None
             found = meta.schema.to_arrow_schema()
             if schema is None:
                 schema = found
             elif [(f.name, f.type) for f in found] != [(f.name, f.type) for f in schema]:
                 # Nullability and metadata differ between writers; names and types may not.
                 raise ConnectorError(self.source_id, "schema_mismatch",
-                                     f"'{info.path}' does not have the schema of '{objects[0].path}'")
+                                     f"'{info.path}' does not have the schema of '{objects[0].path}'",
+                                     public="the source's objects do not all have the same schema")
             rows += meta.num_rows
         assert schema is not None
         return Probe(schema, rows, exact=True)
@@ -238,3 +246,5 @@ class S3Connector:
                     yield from batches_for(fmt, handle, self.source_id, self.declared, chosen, batch_rows)
                 except OSError as exc:  # the warehouse failing mid-read; content errors are ConnectorErrors
                     raise self._error(exc) from None
+                except ConnectorError as exc:
+                    raise exc.locate(f"s3://{info.path} on {self.endpoint}") from None

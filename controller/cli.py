@@ -386,7 +386,7 @@ def view_build(
         try:
             manifest, created = views.materialise(platform, f"cli:{_os_user()}", request)
         except (ApiError, ConnectorError) as exc:
-            fail(getattr(exc, "message", str(exc)) if isinstance(exc, ApiError) else str(exc))
+            fail(exc.message if isinstance(exc, ApiError) else exc.full)  # the operator sees the detail
             raise typer.Exit(1) from None
         except ValueError as exc:
             fail(str(exc))

@@ -9,6 +9,7 @@ set in the environment replaces the file's whole value for that key.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from catalog.vocab import Role
 
 CONFIG_FILE = "bulles.yaml"
+# The organisation the demo seeds. The built-in file roots and the embedded warehouse's
+# credential set belong to it, so the demo works as it comes; a site declares its own.
+DEMO_ORGANISATION = "demo-rennes"
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
 def default_home() -> Path:
@@ -72,7 +78,12 @@ class ConfiguredUser(BaseModel):
 
 
 class S3Credentials(BaseModel):
-    """A credential set for S3 warehouses, named by sources' `credentials` (default: 'default')."""
+    """A credential set for S3 warehouses, named by sources' `credentials` (default: 'default').
+
+    It belongs to `organisations`: only their sources may name it (none by default, so a set
+    declared without owners serves nobody). `buckets` narrows it further to some buckets, or
+    to prefixes of them written `bucket/prefix` (a directory: `eleves/rennes` covers the keys
+    under `rennes/`), for a set whose keys reach more than its owners' data."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +91,48 @@ class S3Credentials(BaseModel):
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    organisations: list[str] = Field([], description="Organisations whose sources may use this set")
+    buckets: list[str] | None = Field(None, description="Buckets or bucket/prefix it may be used for; all when absent")
+
+    @field_validator("buckets")
+    @classmethod
+    def _bucket_entries(cls, value: list[str] | None) -> list[str] | None:
+        for entry in value or []:
+            bucket, _, prefix = entry.partition("/")
+            parts = prefix.rstrip("/").split("/") if prefix else []
+            if not re.match(_BUCKET, bucket) or any(p in ("", ".", "..") for p in parts):
+                raise ValueError(f"'{entry}' is not a bucket name, optionally followed by /prefix")
+        return value
+
+
+class Database(BaseModel):
+    """A PostgreSQL warehouse, named by sources' `database`, and whose sources may read it.
+
+    With `schemas`, sources name a table as `schema.table` in one of them, and free queries
+    are refused (a query can read any table the role may read, whatever schema it names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="Connection URL, e.g. postgresql://bulles_ro@db.example/entrepot")
+    organisations: list[str] = Field([], description="Organisations whose sources may read this database")
+    schemas: list[str] | None = Field(None, description="Only tables of these schemas; any table or query when absent")
+
+    @field_validator("schemas")
+    @classmethod
+    def _identifiers(cls, value: list[str] | None) -> list[str] | None:
+        wrong = [name for name in value or [] if not re.match(_IDENTIFIER, name)]
+        if wrong:
+            raise ValueError(f"not schema names: {wrong}")
+        return value
+
+
+class FileRoot(BaseModel):
+    """A directory `file` sources may live under, and whose sources may."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    organisations: list[str] = Field([], description="Organisations whose sources may read under this root")
 
 
 class Settings(BaseSettings):
@@ -98,9 +151,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     checkpoint_interval_seconds: float = Field(300.0, ge=0, description="0 disables periodic checkpoints")
     audit_batch_max: int = Field(1000, ge=1, le=100_000)
-    file_roots: dict[str, Path] = {}
+    file_roots: dict[str, FileRoot] = Field({}, description="Directories file sources may live under, with their owners")
     s3: dict[str, S3Credentials] = Field({}, description="Credential sets for S3 warehouses")
-    databases: dict[str, str] = Field({}, description="PostgreSQL warehouses: name -> connection URL")
+    databases: dict[str, Database] = Field({}, description="PostgreSQL warehouses, with their owners")
+    http_hosts: dict[str, list[str]] = Field({}, description="Hosts (host or host:port) http sources may fetch from, "
+                                                              "each with the organisations allowed, '*' for all")
     http_allow_private: bool = Field(False, description="Let http sources reach loopback/private addresses")
     http_ca_bundle: FilePath | None = Field(None, description="PEM file of CAs trusted for https sources, besides certifi's")
     policy_engine: Literal["embedded", "opa"] = Field("embedded", description="regopy in process, or an OPA server")
@@ -130,6 +185,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{value} holds no PEM certificate OpenSSL can read ({exc.reason or exc})") from None
         return value
 
+    @field_validator("http_hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        """A host entry that does not parse, or lists nobody, would silently match nothing."""
+        for entry, organisations in value.items():
+            try:
+                parsed = urlsplit(f"//{entry}")
+                parsed.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                raise ValueError(f"'{entry}' is not host or host:port") from None
+            if not parsed.hostname or parsed.path or parsed.username or not organisations:
+                raise ValueError(f"'{entry}': give host or host:port, and the organisations it is open to")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -151,13 +220,19 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
+    def roots(self) -> dict[str, FileRoot]:
+        """Every file root: the configured ones, and the built-ins they do not redeclare (the
+        home's `warehouse`, where the demo writes its pupils, and the vendored open data)."""
+        builtin = {
+            "warehouse": FileRoot(path=self.home / "warehouse", organisations=[DEMO_ORGANISATION]),
+            "demo": FileRoot(path=Path(__file__).resolve().parents[1] / "catalog" / "demo",
+                             organisations=[DEMO_ORGANISATION]),
+        }
+        return {**builtin, **self.file_roots}
+
     def file_root(self, name: str) -> Path:
-        """The directory behind a file location's `root`: configured ones, then the built-ins."""
-        builtin = {"warehouse": self.home / "warehouse", "demo": Path(__file__).resolve().parents[1] / "catalog" / "demo"}
-        roots = {**builtin, **self.file_roots}
-        if name not in roots:
-            raise KeyError(name)
-        return roots[name]
+        """The directory behind a file location's `root`."""
+        return self.roots()[name].path
 
 
 def load_settings(home: Path | None = None, **overrides: Any) -> Settings:

@@ -19,6 +19,7 @@ from catalog.vocab import Role
 from connectors.seaweed import SeaweedFS, ensure_bucket, upload
 from controller import accounts, sources
 from controller.auth import Principal, derived_token, hash_token
+from controller.config import DEMO_ORGANISATION
 from controller.home import master_secret
 from controller.platform import Platform
 from controller.store import Organisation, SourceRow, User
@@ -26,7 +27,7 @@ from controller.warehouse import CREDENTIALS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "catalog" / "examples"
 ACTOR = "system:demo"
-PROVIDER_ORG = "demo-rennes"
+PROVIDER_ORG = DEMO_ORGANISATION  # which the built-in file roots and the embedded warehouse belong to
 PUPILS_SOURCE = "eleves-synthetiques"
 DEMO_BUCKETS = {"demo": "opendata", "warehouse": "eleves"}  # file root of the example -> bucket
 

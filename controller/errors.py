@@ -12,7 +12,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from catalog.vocab import Role
+from connectors.base import ConnectorError
+from controller.store import SourceRow
+from controller.visibility import sees_location
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,32 @@ def validation_error(exc: ValidationError | RequestValidationError) -> ApiError:
     return ApiError(422, "validation_error", f"{first['field']}: {first['message']}", field=first["field"], problems=problems)
 
 
+# The warehouse, not the caller, is at fault for most warehouse errors: 502 says so.
+WAREHOUSE_STATUS = {"unknown_column": 422, "invalid_location": 422, "schema_mismatch": 409, "empty": 409,
+                    "location_refused": 409}
+
+
+def warehouse_error_body(exc: ConnectorError, *, full: bool) -> dict[str, Any]:
+    """A warehouse error as the API answers it: the detail for those who may see where the
+    source lives, the public text (with the incident id to quote) for everyone else."""
+    error: dict[str, Any] = {"code": f"warehouse_{exc.code}", "message": exc.full if full else str(exc),
+                             "source": exc.source, "incident": exc.incident}
+    if exc.field is not None:
+        error["field"] = exc.field
+    return {"error": error}
+
+
+def _sees_detail(request: Request, source_id: str) -> bool:
+    """Whether the caller may read a warehouse error's detail: an admin, or a provider of the
+    source's organisation (whose publisher is looked up only for providers)."""
+    caller = getattr(request.state, "principal", None)
+    if caller is None or not caller.has(Role.admin, Role.provider):
+        return False
+    with request.app.state.platform.sessions() as session:
+        row = session.get(SourceRow, source_id)
+    return sees_location(caller, row.publisher if row is not None else None)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -92,14 +124,11 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=exc.status_code)
 
-    from connectors.base import ConnectorError
-
     @app.exception_handler(ConnectorError)
-    async def _warehouse(_request: Request, exc: ConnectorError) -> JSONResponse:
-        # The warehouse, not the caller, is at fault for most of these: 502 says so.
-        status = {"unknown_column": 422, "invalid_location": 422, "schema_mismatch": 409, "empty": 409}.get(exc.code, 502)
-        body = {"error": {"code": f"warehouse_{exc.code}", "message": str(exc), "source": exc.source}}
-        return JSONResponse(body, status_code=status)
+    async def _warehouse(request: Request, exc: ConnectorError) -> JSONResponse:
+        full = await run_in_threadpool(_sees_detail, request, exc.source)
+        body = warehouse_error_body(exc, full=full)
+        return JSONResponse(body, status_code=WAREHOUSE_STATUS.get(exc.code, 502))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
+from connectors.ownership import refused_sources
 from controller.audit.log import AuditLog, Event
 from controller.auth import Authenticator, make_authenticator
 from controller.config import Settings
 from controller.home import SIGNING_KEY, load_signing_key
 from controller.metrics import Metrics
 from controller.policy import Decision, EmbeddedEngine, Engine, OpaEngine
-from controller.store import make_engine, make_sessionmaker, migrate
+from controller.store import SourceRow, make_engine, make_sessionmaker, migrate
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class Platform:
     def start(self) -> "Platform":
         self.audit.start()
         settings = self.settings
+        self._report_refused_locations()
         options = {"on_event": self._policy_event, "poll_seconds": settings.policy_poll_seconds}
         try:
             if settings.policy_engine == "opa":
@@ -72,6 +76,24 @@ class Platform:
         self.exports = Exports(self)
         self.exports.start()  # requests a crash left unchecked are checked again
         return self
+
+    def _report_refused_locations(self) -> None:
+        """Active sources whose location the configuration no longer gives their organisation:
+        they stay in the catalog, every probe and view of them is refused, and the operator
+        hears of it once per start (a warning and an event naming them and the field at fault,
+        never the location)."""
+        with self.sessions() as session:
+            rows = session.execute(select(SourceRow.id, SourceRow.publisher, SourceRow.document)
+                                   .where(SourceRow.status == "active").order_by(SourceRow.id)).all()
+        refused = refused_sources(((i, p, d["connector"]) for i, p, d in rows), self.settings)
+        if not refused:
+            return
+        listed = [{"source": source_id, "field": why.field} for source_id, why in refused]
+        log.warning("sources naming a location this site's configuration does not give their organisation; their "
+                    "probes and views are refused until it or they change: %s",
+                    ", ".join(f"{e['source']} ({e['field']})" for e in listed))
+        self.audit.append(Event("system:platform", "source.locations_refused", "site", self.settings.site,
+                                {"sources": listed}), timeout=30)
 
     def _start_bubbles(self) -> None:
         """Bubbles outlive the controller: at start, the reconciler adopts or cleans up theirs."""

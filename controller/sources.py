@@ -15,12 +15,14 @@ from sqlalchemy.orm import Session
 from catalog import search
 from catalog.model import SourceSpec
 from catalog.vocab import Role
+from connectors import ownership
 from controller.audit.canonical import canonical
 from controller.audit.log import Event
 from controller.auth import Principal
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
 from controller.store import Organisation, SourceRow, iso, utcnow
+from controller.visibility import redact_source
 
 ACTIVE, RETIRED = "active", "retired"
 
@@ -34,6 +36,14 @@ def _require_owner(principal: Principal, publisher: str) -> None:
         raise forbidden("only providers register or change sources")
     if principal.organisation != publisher:
         raise forbidden(f"source belongs to organisation '{publisher}', not to '{principal.organisation}'")
+
+
+def _check_location(platform: Platform, spec: SourceSpec) -> None:
+    """A source names only a warehouse location of its own organisation (connectors.ownership);
+    the 422 names the field and speaks only of the organisation's own declarations."""
+    refused = ownership.refusal(spec.connector, spec.publisher, platform.settings)
+    if refused is not None:
+        raise ApiError(422, "validation_error", f"{refused.field}: {refused.message}", field=refused.field)
 
 
 def _fill(row: SourceRow, spec: SourceSpec, publisher_name: str) -> None:
@@ -54,6 +64,7 @@ def _publisher_name(session: Session, publisher: str) -> str:
 
 def register(platform: Platform, principal: Principal, spec: SourceSpec) -> dict[str, Any]:
     _require_owner(principal, spec.publisher)
+    _check_location(platform, spec)
 
     def apply(session: Session) -> dict[str, Any]:
         name = _publisher_name(session, spec.publisher)
@@ -82,6 +93,7 @@ def update(
     if spec.id != source_id:
         raise ApiError(422, "validation_error", f"id: body says '{spec.id}' but the path says '{source_id}'", field="id")
     _require_owner(principal, spec.publisher)
+    _check_location(platform, spec)
 
     def apply(session: Session) -> dict[str, Any]:
         row = session.get(SourceRow, source_id, with_for_update=True)
@@ -133,11 +145,9 @@ def retire(platform: Platform, principal: Principal, source_id: str, reason: str
 
 
 def row_view(row: SourceRow, principal: Principal | None) -> dict[str, Any]:
-    """What a caller sees. Where the data lives is the owner's and admins' business only."""
-    spec = dict(row.document)
-    owner = principal is not None and (principal.has(Role.admin) or principal.organisation == row.publisher)
-    if not owner:
-        spec["connector"] = {"kind": spec["connector"]["kind"]}
+    """What a caller sees. Where the data lives is its organisation's providers' and admins'
+    business only (controller.visibility)."""
+    spec = redact_source(row.document, principal)
     return {
         "id": row.id,
         "status": row.status,

@@ -28,6 +28,7 @@ from catalog.model import SourceSpec
 from catalog.vocab import AccessMode, ColumnRole, ColumnType
 from connectors.base import Connector, ConnectorError, DataError
 from connectors.pseudonyms import Pseudonymiser, project_key
+from connectors.registry import open_connector
 from controller.audit.canonical import canonical
 from controller.audit.log import Event
 from controller.digests import file_sha256
@@ -304,12 +305,45 @@ def materialised_event(actor: str, manifest: Mapping[str, Any]) -> Event:
 
 
 def failed_event(actor: str, view: Mapping[str, Any], error: ConnectorError | ApiError) -> Event:
-    """Only the code and the source: messages may quote data values, which the log never holds."""
-    code = getattr(error, "code", "error")
-    return Event(actor, "view.failed", "view", view["view"], {
-        "source": view["source"], "mode": view["mode"], "project": view["project"], "grant": view["grant"],
-        "error": code,
-    }, decision_id=view.get("decision_id"))
+    """Only the code and the source (and, for a warehouse error, its incident id and field):
+    messages may quote data values and name locations, which the log never holds; the incident
+    id finds the detail in the server's log."""
+    details = {"source": view["source"], "mode": view["mode"], "project": view["project"], "grant": view["grant"],
+               "error": getattr(error, "code", "error")}
+    if isinstance(error, ConnectorError):
+        details["incident"] = error.incident
+        if error.field is not None:
+            details["field"] = error.field
+    return Event(actor, "view.failed", "view", view["view"], details, decision_id=view.get("decision_id"))
+
+
+def probe_refused_event(actor: str, spec: SourceSpec, error: ConnectorError) -> Event:
+    """A probe the ownership rule stopped: who tried, on which source, which field is at fault."""
+    return Event(actor, "source.probe_refused", "source", spec.id, {
+        "publisher": spec.publisher, "error": error.code, "field": error.field, "incident": error.incident})
+
+
+def probe(platform: Any, actor: str, spec: SourceSpec, *, scan: bool = False) -> dict[str, Any]:
+    """What the warehouse holds for `spec`: the schema found, the rows, declared columns it lacks.
+
+    With `scan`, every row is also read as a view reads them, so that a value deep in the source
+    that does not fit its declaration is found and reported, in full, to those who may probe.
+    A location the ownership rule refuses is recorded as `source.probe_refused`."""
+    try:
+        connector = open_connector(spec, platform.settings)
+        found = connector.probe()
+        scanned = sum(batch.num_rows for batch in connector.scan(batch_rows=SCAN_ROWS)) if scan else None
+    except ConnectorError as exc:
+        if exc.code == "location_refused":
+            platform.audit.append(probe_refused_event(actor, spec, exc))
+        raise
+    declared = {c.name: c.type.value for c in spec.schema_}
+    answer = {"source": spec.id, "rows": found.rows, "exact": found.exact,
+              "columns": [{"name": f.name, "type": str(f.type), "declared": declared.get(f.name)} for f in found.schema],
+              "missing": [name for name in declared if name not in found.schema.names]}
+    if scanned is not None:
+        answer["scanned_rows"] = scanned
+    return answer
 
 
 def build_error(source_id: str, mode: str, exc: Exception) -> ConnectorError | ApiError:
@@ -335,7 +369,6 @@ def materialise(platform: Any, actor: str, request: ViewRequest) -> tuple[dict[s
     Whatever goes wrong once the plan is accepted (the warehouse, the content, a bug) appends a
     `view.failed` event and leaves no view directory; the request checks before that change
     nothing, as for any refused request."""
-    from connectors.registry import open_connector
     from controller import sources
     from controller.home import master_secret
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import Site, example
+from controller.config import FileRoot
 
 PUPILS = "eleves-synthetiques"
 IPS = "fr-en-ips-colleges-ap2022"
@@ -293,7 +294,11 @@ def test_search_folds_accents_ranks_titles_first_and_filters(site: Site) -> None
 def test_search_by_publisher_returns_exactly_that_organisations_sources(site: Site) -> None:
     assert post(site, example(PUPILS)).status_code == 201
     assert post(site, example(IPS)).status_code == 201
-    theirs = example(IPS) | {"id": "ips-colleges-autre-academie", "publisher": "autre-academie"}
+    # The same open data, in a file root of the other organisation's own.
+    settings = site.platform.settings
+    settings.file_roots["autre"] = FileRoot(path=settings.file_root("demo"), organisations=["autre-academie"])
+    theirs = example(IPS) | {"id": "ips-colleges-autre-academie", "publisher": "autre-academie",
+                             "connector": example(IPS)["connector"] | {"root": "autre"}}
     created = post(site, theirs, user="olivier")
     assert created.status_code == 201, created.text
     other = site.client.get("/api/v1/sources", params={"publisher": "autre-academie"}).json()

@@ -26,6 +26,10 @@ from conftest import ROOT, example, free_port
 from controller.config import load_settings
 
 OPENDATA = ROOT / "catalog" / "demo" / "opendata"
+PUBLISHER = "demo-rennes"  # of every example source
+# The hosts the HTTP tests fetch from (or would, were the address rule not to stop them),
+# opened to the examples' organisation.
+HOSTS = {host: [PUBLISHER] for host in ("127.0.0.1", "warehouse.example.org", "169.254.169.254")}
 OPEN = ["fr-en-ips-colleges-ap2022", "fr-en-annuaire-education", "fr-en-ecoles-effectifs-nb_classes", "fr-en-ips_ecoles"]
 
 
@@ -40,7 +44,7 @@ def scan_all(spec: SourceSpec, settings: Any, columns: list[str] | None = None, 
 
 @pytest.fixture
 def settings(home: Path):
-    return load_settings(home, http_allow_private=True)
+    return load_settings(home, http_allow_private=True, http_hosts=HOSTS)
 
 
 # -- file ----------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ def test_scan_is_streamed_in_bounded_batches(settings) -> None:
 def test_file_errors_name_the_source_and_the_problem(tmp_path: Path, home: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    settings = load_settings(home, file_roots={"t": root})
+    settings = load_settings(home, file_roots={"t": {"path": root, "organisations": [PUBLISHER]}})
     header = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes().split(b"\n", 1)[0]
     (root / "bad.csv").write_bytes(header + b"\n2022-2023;LYON;001;AIN;X;C;01025;B;public;many;110.4;31.3\n")
     (root / "short.csv").write_bytes(b"UAI;IPS\n0010005A;100\n")
@@ -99,8 +103,9 @@ def test_file_errors_name_the_source_and_the_problem(tmp_path: Path, home: Path)
         list(open_connector(SourceSpec.model_validate(example("fr-en-ips-colleges-ap2022")), settings).scan(["nope"]))
     assert caught.value.code == "unknown_column"
     unknown_root = spec_with("fr-en-ips-colleges-ap2022", {"kind": "file", "root": "nowhere", "path": "x.csv"})
-    with pytest.raises(ConnectorError, match="no file root 'nowhere'"):
+    with pytest.raises(ConnectorError) as caught:
         open_connector(unknown_root, settings)
+    assert caught.value.code == "location_refused" and "no file root 'nowhere'" in caught.value.detail
 
 
 def test_parquet_files_probe_exactly(tmp_path: Path, home: Path) -> None:
@@ -222,7 +227,7 @@ def test_http_probe_shows_a_declared_column_the_data_lacks(http_files: FileServe
     assert "IPS" not in probe.schema.names and "UAI" in probe.schema.names
     with pytest.raises(ConnectorError) as caught:
         list(open_connector(spec, settings).scan(["UAI", "IPS"]))
-    assert caught.value.code == "schema_mismatch" and "'IPS'" in caught.value.message
+    assert caught.value.code == "schema_mismatch" and "'IPS'" in caught.value.detail
 
 
 def test_http_parquet_probe_checks_reachability_only(http_files: FileServer, settings) -> None:
@@ -256,7 +261,7 @@ def test_http_errors(http_files: FileServer, settings, home: Path) -> None:
     assert code(f"{http_files.base}/empty.csv") == "empty"
     assert code(f"http://127.0.0.1:{free_port()}/x.csv") == "unreachable"
     # A catalog entry must not make the controller fetch internal addresses unless the site says so.
-    strict = load_settings(home, http_allow_private=False)
+    strict = load_settings(home, http_allow_private=False, http_hosts=HOSTS)
     hits = len(http_files.hits)
     assert code(f"{http_files.base}{EXPORTS}/csv", strict) == "invalid_location"
     assert code("http://169.254.169.254/latest/meta-data", strict) == "invalid_location"
@@ -288,12 +293,25 @@ def test_http_follows_redirects_to_the_data(redirecting: FileServer, settings) -
 
 def test_http_gives_up_after_too_many_redirects(redirecting: FileServer, settings) -> None:
     error = http_failure(f"{redirecting.base}/hop/0", settings)
-    assert error.code == "unreachable" and "redirected more than 5 times" in error.message
+    assert error.code == "unreachable" and "redirected more than 5 times" in error.detail
 
 
 def test_http_refuses_a_redirect_out_of_http(redirecting: FileServer, settings) -> None:
     error = http_failure(f"{redirecting.base}/to-file", settings)
-    assert error.code == "invalid_location" and "'file:'" in error.message
+    assert error.code == "invalid_location" and "'file:'" in error.detail
+
+
+def test_http_refuses_a_redirect_into_a_host_the_organisation_may_not_use(
+        redirecting: FileServer, http_files: FileServer, home: Path) -> None:
+    """A host open to the source's organisation answers 302 to another organisation's host: the
+    hop is refused by the ownership rule before it is asked."""
+    port = urlsplit(redirecting.base).port
+    only_this_one = load_settings(home, http_allow_private=True, http_hosts={f"127.0.0.1:{port}": [PUBLISHER]})
+    hits = len(http_files.hits)
+    error = http_failure(f"{redirecting.base}/moved", only_this_one)
+    assert error.code == "location_refused" and error.field == "connector.url"
+    assert f"127.0.0.1:{urlsplit(http_files.base).port}" in error.detail
+    assert len(http_files.hits) == hits  # the other host was never asked
 
 
 @pytest.fixture
@@ -311,15 +329,15 @@ def public_dns(monkeypatch: pytest.MonkeyPatch, redirecting: FileServer) -> None
 
 def test_http_checks_every_redirect_hop_against_the_address_rule(
         public_dns: None, redirecting: FileServer, home: Path) -> None:
-    strict = load_settings(home, http_allow_private=False)
+    strict = load_settings(home, http_allow_private=False, http_hosts=HOSTS)
     hits = len(redirecting.hits)
     error = http_failure("http://warehouse.example.org/to-metadata", strict)
-    assert error.code == "invalid_location" and "169.254.169.254" in error.message
+    assert error.code == "invalid_location" and "169.254.169.254" in error.detail
     # The public hop was asked (through the proxy); the metadata service never was.
     assert redirecting.hits[hits:] == ["http://warehouse.example.org/to-metadata"]
     # A redirect to the loopback file server is refused the same way.
     error = http_failure("http://warehouse.example.org/moved", strict)
-    assert error.code == "invalid_location" and "127.0.0.1" in error.message
+    assert error.code == "invalid_location" and "127.0.0.1" in error.detail
 
 
 # -- https ------------------------------------------------------------------------------------
@@ -384,7 +402,7 @@ def https_files(authority: Authority, http_files: FileServer) -> Iterator[FileSe
 
 def test_https_source_is_read_when_its_authority_is_trusted(https_files: FileServer, authority: Authority,
                                                             home: Path) -> None:
-    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle, http_hosts=HOSTS)
     spec = csv_source(f"{https_files.base}{CSV_URL}")
     assert open_connector(spec, trusting).probe().schema.names == [c.name for c in spec.schema_]
     table = scan_all(spec, trusting, ["UAI", "IPS"])
@@ -393,7 +411,7 @@ def test_https_source_is_read_when_its_authority_is_trusted(https_files: FileSer
 
 def test_https_with_an_unknown_authority_is_untrusted(https_files: FileServer, settings) -> None:
     error = http_failure(f"{https_files.base}{CSV_URL}", settings)  # certifi's bundle only
-    assert error.code == "untrusted" and "CERTIFICATE_VERIFY_FAILED" in error.message
+    assert error.code == "untrusted" and "CERTIFICATE_VERIFY_FAILED" in error.detail
 
 
 def test_https_with_a_certificate_for_another_host_is_untrusted(authority: Authority, home: Path) -> None:
@@ -402,9 +420,9 @@ def test_https_with_a_certificate_for_another_host_is_untrusted(authority: Autho
     server = FileServer({CSV_URL: (b"a;b\n1;2\n", "text/csv")},
                         tls=authority.server_context([x509.DNSName("warehouse.example.org")]))
     try:
-        trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+        trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle, http_hosts=HOSTS)
         error = http_failure(f"{server.base}{CSV_URL}", trusting)
-        assert error.code == "untrusted" and "127.0.0.1" in error.message
+        assert error.code == "untrusted" and "127.0.0.1" in error.detail
         assert server.hits == []  # nothing was asked of a server that could not prove who it is
     finally:
         server.close()
@@ -412,10 +430,10 @@ def test_https_with_a_certificate_for_another_host_is_untrusted(authority: Autho
 
 def test_https_is_never_downgraded_by_a_redirect(https_files: FileServer, authority: Authority,
                                                  http_files: FileServer, home: Path) -> None:
-    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle)
+    trusting = load_settings(home, http_allow_private=True, http_ca_bundle=authority.bundle, http_hosts=HOSTS)
     hits = len(http_files.hits)
     error = http_failure(f"{https_files.base}/downgrade", trusting)
-    assert error.code == "invalid_location" and "plain HTTP" in error.message
+    assert error.code == "invalid_location" and "plain HTTP" in error.detail
     assert len(http_files.hits) == hits
 
 
@@ -513,8 +531,10 @@ def warehouse_db(pg_server: str, home: Path) -> Iterator[tuple[str, Any]]:
                 copy.write_row(list(row.values()))
         conn.execute("ANALYZE scolarite.eleves")
         conn.execute("CREATE SEQUENCE scolarite.counter")
-    settings = load_settings(home, databases={"rectorat": url, "ghost": f"{pg_server}/no_such_db",
-                                              "closed": f"postgresql://nologin_role@{pg_server.split('@')[1]}/{name}"})
+    urls = {"rectorat": url, "ghost": f"{pg_server}/no_such_db",
+            "closed": f"postgresql://nologin_role@{pg_server.split('@')[1]}/{name}"}
+    settings = load_settings(home, databases={key: {"url": value, "organisations": [PUBLISHER]}
+                                              for key, value in urls.items()})
     try:
         yield url, settings
     finally:
@@ -564,7 +584,52 @@ def test_postgresql_errors(warehouse_db) -> None:
     url, _ = warehouse_db
     with psycopg.connect(url) as conn:  # the failed write attempt changed nothing
         assert conn.execute("SELECT count(*) FROM scolarite.eleves").fetchone()[0] == 2500
-    unreachable = load_settings(settings.home, databases={"rectorat": f"postgresql://postgres@127.0.0.1:{free_port()}/x"})
+    unreachable = load_settings(settings.home, databases={"rectorat": {
+        "url": f"postgresql://postgres@127.0.0.1:{free_port()}/x", "organisations": [PUBLISHER]}})
     with pytest.raises(ConnectorError) as caught:
         list(open_connector(pg_spec(table="scolarite.eleves"), unreachable).scan())
     assert caught.value.code == "unreachable"
+
+
+# -- what the public text of an error holds ---------------------------------------------------
+def test_public_texts_name_the_problem_never_the_location_or_a_value(
+        http_files: FileServer, warehouse_db, tmp_path: Path, home: Path) -> None:
+    """Each connector's failures, as anyone but the provider and admins read them (`str()`),
+    hold neither the path, root, URL, host, database, table nor the value read; the detail
+    (for the provider, admins and the log) has them."""
+    root = tmp_path / "secret-root"
+    root.mkdir()
+    value = "ecole.0350122T@ac-rennes.fr"
+    header = (OPENDATA / "fr-en-ips-colleges-ap2022.csv").read_bytes().split(b"\n", 1)[0]
+    (root / "bad-value.csv").write_bytes(header + f"\n2022-2023;LYON;001;AIN;X;C;01025;B;public;{value};1;2\n".encode())
+    (root / "bad.parquet").write_bytes(b"PAR1 not really parquet")
+    _, pg = warehouse_db
+    settings = load_settings(home, http_allow_private=True, http_hosts=HOSTS, databases=pg.databases,
+                             file_roots={"t": {"path": root, "organisations": [PUBLISHER]}})
+    ips = "fr-en-ips-colleges-ap2022"
+    cases = [  # (source, columns scanned, code, what only the detail may say)
+        (spec_with(ips, {"kind": "file", "root": "t", "path": "bad-value.csv", "format": "csv"}), None,
+         "schema_mismatch", value),
+        (spec_with(ips, {"kind": "file", "root": "t", "path": "absent/ips.csv", "format": "csv"}), None,
+         "not_found", "absent/ips.csv"),
+        (spec_with(ips, {"kind": "file", "root": "t", "path": "bad.parquet", "format": "parquet"}), None,
+         "schema_mismatch", "bad.parquet"),
+        (csv_source(f"{http_files.base}/nothing/secret-path.csv"), None, "not_found", "secret-path"),
+        (csv_source(f"http://127.0.0.1:{free_port()}/secret-path.csv"), None, "unreachable", "secret-path"),
+        (pg_spec(table="scolarite.absent"), None, "not_found", "scolarite"),
+        (pg_spec(table="scolarite.eleves", database="ghost"), None, "not_found", "ghost"),
+        (pg_spec(query="SELECT 1 AS birth_date, ine FROM scolarite.eleves"), None, "schema_mismatch", 'column "sex"'),
+        (pg_spec(query="SELECT 'x' || ine AS absences_half_days FROM scolarite.eleves"), ["absences_half_days"],
+         "schema_mismatch", "x99"),
+    ]
+    for spec, columns, code, secret in cases:
+        with pytest.raises(ConnectorError) as caught:
+            list(open_connector(spec, settings).scan(columns))
+        error = caught.value
+        public = str(error)
+        assert error.code == code, (spec.connector, error.full)
+        assert secret in error.full, (spec.connector, error.full)
+        leaked = [s for s in (secret, str(root), "secret-root", "127.0.0.1", "rectorat", "scolarite", "ghost", value)
+                  if s in public]
+        assert leaked == [], (public, leaked)
+        assert public.startswith(f"source '{spec.id}': ") and error.incident in public

@@ -123,8 +123,13 @@ def _spec(example: str, location: dict[str, Any]) -> SourceSpec:
     return SourceSpec.model_validate(data)
 
 
+def _owned(creds: S3Credentials) -> dict[str, Any]:
+    """The credential set as a site declares it for the examples' organisation."""
+    return creds.model_dump() | {"organisations": ["demo-rennes"]}
+
+
 def _connect(w: Warehouse, example: str, creds: S3Credentials | None = None, **location: Any) -> Connector:
-    settings = load_settings(w.home, s3={"default": (creds or w.creds).model_dump()})
+    settings = load_settings(w.home, s3={"default": _owned(creds or w.creds)})
     return open_connector(_spec(example, location), settings)
 
 
@@ -255,7 +260,8 @@ def test_a_wrong_secret_key_is_unauthorised_and_the_secret_is_not_echoed(warehou
         with pytest.raises(ConnectorError) as probed:
             connector.probe()
         assert _code(probed) == "unauthorised", probed.value
-        assert "not-the-secret" not in str(probed.value) and warehouse.creds.secret_key not in str(probed.value)
+        for text in (str(probed.value), probed.value.detail):
+            assert "not-the-secret" not in text and warehouse.creds.secret_key not in text
         with pytest.raises(ConnectorError) as scanned:
             list(connector.scan())
         assert _code(scanned) == "unauthorised"
@@ -283,7 +289,7 @@ def test_missing_buckets_objects_and_empty_prefixes_are_not_found(
     connector = _pupils(warehouse, **location)
     with pytest.raises(ConnectorError) as probed:
         connector.probe()
-    assert _code(probed) == "not_found" and words in probed.value.message
+    assert _code(probed) == "not_found" and words in probed.value.detail
     with pytest.raises(ConnectorError) as scanned:
         connector.scan()
     assert _code(scanned) == "not_found"
@@ -295,7 +301,7 @@ def test_an_endpoint_where_nothing_listens_is_unreachable_and_said_so(warehouse:
     connector = _pupils(warehouse, dead, key="pupils.parquet")
     with pytest.raises(ConnectorError) as excinfo:
         connector.probe()
-    assert _code(excinfo) == "unreachable" and f"127.0.0.1:{port}" in excinfo.value.message
+    assert _code(excinfo) == "unreachable" and f"127.0.0.1:{port}" in excinfo.value.detail
     assert excinfo.value.source == PUPILS and f"source '{PUPILS}'" in str(excinfo.value)
     with pytest.raises(ConnectorError) as scanned:
         connector.scan()
@@ -333,20 +339,20 @@ def test_a_warehouse_that_accepts_connections_but_never_answers_fails_on_its_tim
         safety.cancel()
         silent.close()
     assert _code(excinfo) == "unreachable" and excinfo.value.source == PUPILS
-    assert "did not answer within 1 s to connect and 1 s to reply, in 1 attempt(s)" in excinfo.value.message
+    assert "did not answer within 1 s to connect and 1 s to reply, in 1 attempt(s)" in excinfo.value.detail
 
 
 def test_an_unknown_column_is_refused_before_any_read(warehouse: Warehouse) -> None:
     with pytest.raises(ConnectorError) as excinfo:
         _ips(warehouse).scan(["IPS", "Revenu médian"])
-    assert _code(excinfo) == "unknown_column" and "Revenu médian" in excinfo.value.message
+    assert _code(excinfo) == "unknown_column" and "Revenu médian" in excinfo.value.detail
 
 
 def test_a_csv_value_of_the_wrong_type_is_a_schema_mismatch(warehouse: Warehouse) -> None:
     connector = _connect(warehouse, EFFECTIFS, bucket="opendata", key="bad/effectifs.csv", format="csv")
     with pytest.raises(ConnectorError) as excinfo:
         list(connector.scan())
-    assert _code(excinfo) == "schema_mismatch" and "abc" in excinfo.value.message
+    assert _code(excinfo) == "schema_mismatch" and "abc" in excinfo.value.detail
 
 
 def test_probe_of_a_csv_with_a_wrongly_typed_value_shows_the_type_found(warehouse: Warehouse) -> None:
@@ -360,7 +366,7 @@ def test_a_parquet_object_missing_a_declared_column_is_a_schema_mismatch(warehou
     assert "sex" not in connector.probe().schema.names  # probe reports what is there
     with pytest.raises(ConnectorError) as excinfo:
         list(connector.scan(["ine"]))
-    assert _code(excinfo) == "schema_mismatch" and "'sex'" in excinfo.value.message
+    assert _code(excinfo) == "schema_mismatch" and "'sex'" in excinfo.value.detail
 
 
 def test_an_empty_object_is_empty(warehouse: Warehouse) -> None:
@@ -463,7 +469,7 @@ def test_objects_and_credentials_survive_a_restart_on_the_same_directory(tmp_pat
         assert (again.access_key, again.secret_key) == (creds.access_key, creds.secret_key)
         body = s3_client(again).get_object("opendata", "ips.csv").read()
         assert body == source.read_bytes()
-        settings = load_settings(tmp_path, s3={"default": again.model_dump()})
+        settings = load_settings(tmp_path, s3={"default": _owned(again)})
         table = pa.Table.from_batches(list(open_connector(
             _spec(IPS, {"bucket": "opendata", "key": "ips.csv", "format": "csv"}), settings).scan()))
         assert table.num_rows == 6973
@@ -479,7 +485,7 @@ def test_a_warehouse_that_dies_mid_scan_is_unreachable_not_a_schema_mismatch(
     with SeaweedFS(tmp_path / "sw") as server:
         ensure_bucket(server.credentials(), "warehouse")
         upload(server.credentials(), "warehouse", "p.parquet", _write_parquet(table, tmp_path / "p.parquet", 2000))
-        settings = load_settings(tmp_path, s3={"default": server.credentials().model_dump()})
+        settings = load_settings(tmp_path, s3={"default": _owned(server.credentials())})
         batches = open_connector(_spec(PUPILS, {"bucket": "warehouse", "key": "p.parquet"}), settings).scan(
             batch_rows=2000)
         assert next(batches).num_rows == 2000

@@ -328,7 +328,8 @@ def s3_site(home: Path, db_url: str, seaweed) -> Iterator[Site]:
     sets = {"default": seaweed, "dead": seaweed.model_copy(update={"endpoint": f"http://127.0.0.1:{free_port()}"}),
             "wrong": seaweed.model_copy(update={"secret_key": "not-the-secret-0123456789"})}
     settings = load_settings(home, database_url=db_url, checkpoint_interval_seconds=0, reconcile_seconds=0,
-                             s3={name: creds.model_dump() for name, creds in sets.items()})
+                             s3={name: creds.model_dump() | {"organisations": ["demo-rennes"]}
+                                 for name, creds in sets.items()})
     with Platform(settings) as platform:
         site = Site(platform)
         for name in sets:

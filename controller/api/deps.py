@@ -30,7 +30,9 @@ def optional_principal(
 ) -> Principal | None:
     if credentials is None:
         return None
-    return request.app.state.platform.authenticate(credentials.credentials)
+    caller = request.app.state.platform.authenticate(credentials.credentials)
+    request.state.principal = caller  # for error handlers, which answer by who asks
+    return caller
 
 
 def principal(caller: Principal | None = Depends(optional_principal)) -> Principal:

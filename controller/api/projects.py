@@ -17,6 +17,7 @@ from controller.errors import not_found
 from controller.platform import Platform
 from controller.projects import ProjectChanges, ProjectSpec
 from controller.store import DecisionInput, DecisionRecord
+from controller.visibility import redact
 
 router = APIRouter(prefix="/api/v1", tags=["projects and access"])
 
@@ -85,12 +86,15 @@ async def revoke(grant_id: str, body: Annotated[RevokeBody, Body()], caller: Pri
 
 
 @router.get("/decisions/{decision_id}", summary="A policy decision with its recorded input (auditors, admins)")
-def decision(decision_id: str, _: Principal = Depends(require(Role.auditor, Role.admin)),
+def decision(decision_id: str, caller: Principal = Depends(require(Role.auditor, Role.admin)),
              db: Session = Depends(session)) -> dict[str, Any]:
+    """The input as the policy saw it, except the locations of the sources it embeds, shown only
+    to admins and the sources' providers; `input_sha256` stays that of the recorded input, which
+    an admin can check against the input shown to them."""
     row = db.get(DecisionRecord, decision_id)
     if row is None:
         raise not_found("decision", decision_id)
     recorded = db.get(DecisionInput, row.input_sha256)
     return {"id": row.id, "package": row.package, "revision": row.revision, "input_sha256": row.input_sha256,
-            "input": recorded.document if recorded else None, "result": row.result, "error": row.error,
-            "created_at": row.created_at}
+            "input": redact(recorded.document, caller) if recorded else None, "result": redact(row.result, caller),
+            "error": row.error, "created_at": row.created_at}

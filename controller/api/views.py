@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from catalog.model import SourceSpec
 from catalog.vocab import AccessMode, Role
-from connectors.registry import open_connector
 from controller import access, projects, sources, views
 from controller.api.deps import platform, principal, require, session
 from controller.auth import Principal
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
+from controller.visibility import sees_location
 
 router = APIRouter(prefix="/api/v1", tags=["views"])
 
@@ -77,14 +77,12 @@ def get_view(view_id: str, _: Principal = Depends(require(Role.admin)),
 
 
 @router.get("/sources/{source_id}/probe", summary="Reach the warehouse: schema found and row estimate")
-async def probe(source_id: str, caller: Principal = Depends(principal), db: Any = Depends(session),
+async def probe(source_id: str,
+                scan: Annotated[bool, Query(description="Also read every row, as a view would")] = False,
+                caller: Principal = Depends(principal), db: Any = Depends(session),
                 site: Platform = Depends(platform)) -> dict[str, Any]:
     row = sources.get(db, source_id)
-    if not (caller.has(Role.admin) or caller.organisation == row.publisher):
-        raise forbidden("only the source's organisation and admins may probe its warehouse")
+    if not sees_location(caller, row.publisher):
+        raise forbidden("only providers of the source's organisation and admins may probe its warehouse")
     spec = SourceSpec.model_validate(row.document)
-    found = await run_in_threadpool(lambda: open_connector(spec, site.settings).probe())
-    declared = {c.name: c.type.value for c in spec.schema_}
-    return {"source": source_id, "rows": found.rows, "exact": found.exact,
-            "columns": [{"name": f.name, "type": str(f.type), "declared": declared.get(f.name)} for f in found.schema],
-            "missing": [name for name in declared if name not in found.schema.names]}
+    return await run_in_threadpool(views.probe, site, caller.actor, spec, scan=scan)
