@@ -14,12 +14,23 @@ object to anyone on the host without a signature, bypassing the S3 identities; v
 a JWT signed with a per-start key for the same reason. The gRPC ports stay open on loopback:
 the components talk through them, so this warehouse trusts the local host, as any embedded
 server does.
+
+One process per directory, tied to its starter. The starter holds an exclusive lock on the
+directory for the warehouse's life: a second starter is told who runs it (and may `attach` to
+it) instead of starting a rival that would rewrite the running one's identity and sockets.
+`weed mini` serves everything from one process and forks none; it is started under
+`setpriv --pdeathsig TERM` so that it stops when its starter dies, even by SIGKILL, and it is
+recorded with its start time in `weed.pid`, so that a starter that finds one still running
+after a crash (it may be stopped, or slow to exit) stops it, and never a process that merely
+reuses its pid.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -28,17 +39,22 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from controller import processes
 from controller.config import S3Credentials
+from controller.processes import ProcessRecord
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -48,6 +64,8 @@ _SERVICES = ("master", "volume", "filer", "s3", "admin")
 HEALTH_BUCKET = "bulles-health"  # holds one object written at each start to prove readiness
 _LOG_MARK = "==== bulles: starting weed mini"
 _PORT_TAKEN = ("Port allocation failed", "address already in use")
+LOCK_FILE = "lock"
+PID_FILE = "weed.pid"
 
 
 class SeaweedError(RuntimeError):
@@ -56,6 +74,15 @@ class SeaweedError(RuntimeError):
 
 class _PortTaken(SeaweedError):
     """Another process bound one of the chosen ports between choosing and starting."""
+
+
+class WarehouseBusy(SeaweedError):
+    """Another live process runs the SeaweedFS of this directory."""
+
+    def __init__(self, data_dir: Path, owner: int | None) -> None:
+        self.data_dir, self.owner = data_dir, owner
+        who = f"process {owner}" if owner else "another process"
+        super().__init__(f"the SeaweedFS of {data_dir} is already run by {who}")
 
 
 def find_weed() -> Path:
@@ -127,6 +154,127 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
         pass
 
 
+def _setpriv() -> str:
+    found = shutil.which("setpriv")
+    if found is None:
+        raise SeaweedError("setpriv (util-linux) not found: it ties SeaweedFS to its starter's life; "
+                           "install it with `apt-get install util-linux`")
+    return found
+
+
+_forker_requests: queue.SimpleQueue | None = None
+_forker_lock = threading.Lock()
+
+
+def _popen_lasting(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen` from a thread that lives as long as this process.
+
+    The kernel sends the parent-death signal when the *thread* that forked the child exits, not
+    the process: a warehouse started from a short-lived thread (a pool's worker) would be
+    stopped with that thread. The main thread lives as long as the process; other callers hand
+    the fork to one daemon thread that waits for requests until the process exits.
+    """
+    global _forker_requests
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(args, **options)
+    with _forker_lock:
+        if _forker_requests is None:
+            _forker_requests = queue.SimpleQueue()
+            threading.Thread(target=_fork_forever, args=(_forker_requests,), name="seaweed-forker",
+                             daemon=True).start()
+    started: Future[subprocess.Popen[bytes]] = Future()
+    _forker_requests.put((started, args, options))
+    return started.result()
+
+
+def _fork_forever(requests: queue.SimpleQueue) -> None:
+    while True:
+        started, args, options = requests.get()
+        try:
+            started.set_result(subprocess.Popen(args, **options))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            started.set_exception(exc)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _saved_identity(data_dir: Path) -> tuple[str, str] | None:
+    """The access and secret keys of `s3.json`, or None when it is missing or unreadable."""
+    try:
+        creds = _read_json(data_dir / "s3.json")["identities"][0]["credentials"][0]
+        return str(creds["accessKey"]), str(creds["secretKey"])
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, whole or not at all: another process may read
+    it at any time (a command attaching to the running warehouse reads `s3.json`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(staging, 0o600)
+    os.replace(staging, path)
+
+
+def _locked(data_dir: Path) -> bool:
+    """Whether a live process holds the directory's lock (tried without taking it for long)."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def attach(data_dir: Path, timeout: float = START_TIMEOUT) -> S3Credentials:
+    """The credentials of the SeaweedFS another process runs on `data_dir`, once it answers.
+
+    Only reads: the running warehouse's files (identity, keys, sockets) are left as they are.
+    Waits up to `timeout` seconds for a warehouse that is still starting, then says why not.
+    """
+    data_dir = Path(data_dir).resolve()
+    deadline = time.monotonic() + timeout
+    while True:
+        state = _read_json(data_dir / PID_FILE)
+        record, identity = ProcessRecord.load(state), _saved_identity(data_dir)
+        endpoint = state.get("endpoint")
+        if record is None or not record.matches():
+            if not _locked(data_dir):
+                raise SeaweedError(f"no process runs the SeaweedFS of {data_dir} (any more)")
+            problem = "its SeaweedFS process is not running"
+        elif not isinstance(endpoint, str):
+            problem = "it has not finished starting"
+        elif identity is None:
+            problem = f"its identity ({data_dir / 's3.json'}) cannot be read"
+        else:
+            creds = S3Credentials(endpoint=endpoint, access_key=identity[0], secret_key=identity[1])
+            try:
+                s3_client(creds, timeout=2.0).list_buckets()
+                return creds
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, 503: said below
+                problem = f"it does not answer at {endpoint} ({type(exc).__name__})"
+        if time.monotonic() >= deadline:
+            owner = state.get("owner")
+            who = f"process {owner}" if isinstance(owner, int) else "another process"
+            raise SeaweedError(f"the SeaweedFS of {data_dir} is run by {who}, but {problem} "
+                               f"after {timeout:g} s")
+        time.sleep(0.1)
+
+
 def s3_client(creds: S3Credentials, timeout: float = 10.0) -> Minio:
     """A MinIO client for a credential set, with bounded timeouts and no silent retries."""
     if not creds.endpoint:
@@ -166,8 +314,9 @@ class SeaweedFS:
     Layout of `data_dir`: `store/` (volumes and filer metadata, what must survive a restart),
     `s3.json` (the identity, kept so a restart without explicit keys keeps the same credentials),
     `config/security.toml` (JWT keys, new at each start), `ports.json` (the last run's ports),
-    `weed.log`, and `run/` (Unix sockets,
-    temporary files) unless the path is too long for a socket name.
+    `weed.pid` (the running process: pid, start time, executable, ports, starter, endpoint once
+    ready), `lock` (held by the starter), `weed.log`, and `run/` (Unix sockets, temporary files)
+    unless the path is too long for a socket name.
     """
 
     def __init__(self, data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None,
@@ -186,36 +335,27 @@ class SeaweedFS:
         self._run_dir: Path | None = None
         self._own_run_dir = False
         self._finalizer: weakref.finalize | None = None
+        self._lock_fd: int | None = None
 
     # -- identity -------------------------------------------------------------------------
 
     def _identity(self, access_key: str | None, secret_key: str | None) -> tuple[str, str]:
-        """Explicit keys win; otherwise those of the previous run; otherwise new random ones."""
-        saved = self.data_dir / "s3.json"
-        if access_key is None and saved.is_file():
-            try:
-                creds = json.loads(saved.read_text(encoding="utf-8"))["identities"][0]["credentials"][0]
-                return str(creds["accessKey"]), str(creds["secretKey"])
-            except (ValueError, KeyError, IndexError, TypeError):
-                pass  # unreadable: replaced below with a fresh identity
+        """Explicit keys win; otherwise those of the previous run; otherwise new random ones
+        (also when the saved file is unreadable: it is replaced at start)."""
+        saved = _saved_identity(self.data_dir) if access_key is None else None
+        if saved is not None:
+            return saved
         if access_key is None or secret_key is None:
             access_key = "BULLES" + _random_key(14, string.ascii_uppercase + string.digits)
             secret_key = _random_key(40, string.ascii_letters + string.digits)
         return access_key, secret_key
-
-    def _write_private(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(path, 0o600)
 
     def _write_config(self, config_dir: Path) -> Path:
         identity = {"identities": [{"name": "bulles-admin",
                                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                                     "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
         s3_config = self.data_dir / "s3.json"
-        self._write_private(s3_config, json.dumps(identity, indent=2))
+        _write_private(s3_config, json.dumps(identity, indent=2))
         # Volume servers accept writes and reads only with a JWT signed by these keys, which the
         # master and filer in this same process hand out: a local process cannot fetch a needle
         # from the volume port without going through S3. New keys each start; tokens live 10 s.
@@ -228,7 +368,7 @@ class SeaweedFS:
             "expires_after_seconds = 10\n\n"
             "[access]\nui = false\n"
         )
-        self._write_private(config_dir / "security.toml", security)
+        _write_private(config_dir / "security.toml", security)
         return s3_config
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -293,20 +433,65 @@ class SeaweedFS:
         return run_dir
 
     def start(self) -> "SeaweedFS":
+        """Start `weed mini` on this directory, or raise WarehouseBusy when another live process
+        already runs it (its files are then left untouched)."""
         if self.running:
             return self
-        # Ports are free when chosen but not reserved until weed binds them; losing that race
-        # to another process is retried with new ports.
-        for attempt in range(3):
-            try:
-                return self._start_once()
-            except _PortTaken:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        self._lock()
+        try:
+            self._stop_stale()
+            # Ports are free when chosen but not reserved until weed binds them; losing that race
+            # to another process is retried with new ports.
+            for attempt in range(3):
+                try:
+                    return self._start_once()
+                except _PortTaken:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _lock(self) -> None:
+        """Hold the directory's lock for the warehouse's life. The kernel releases it when this
+        process dies, however it dies: a lock free at start means that no live process runs the
+        warehouse, and that any SeaweedFS still recorded is an orphan."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = _read_json(self.data_dir / PID_FILE).get("owner")
+            raise WarehouseBusy(self.data_dir, owner if isinstance(owner, int) else None) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _stop_stale(self) -> None:
+        """Stop the SeaweedFS a dead starter left running (it may be stopped, or slow to exit on
+        its parent-death signal): it holds the store's locks. Only the process the record names,
+        checked by pid, start time and executable."""
+        state = _read_json(self.data_dir / PID_FILE)
+        record = ProcessRecord.load(state)
+        if record is not None and processes.stop(record, self.stop_timeout):
+            with open(self.log_path, "ab") as log:
+                log.write(f"\n==== bulles: stopped pid {record.pid}, left running by a previous starter ====\n".encode())
+            ports = state.get("ports")
+            self._remove_grpc_sockets(ports if isinstance(ports, dict) else {})
+        (self.data_dir / PID_FILE).unlink(missing_ok=True)
+
+    def _record(self, endpoint: str | None) -> None:
+        assert self._proc is not None
+        record = ProcessRecord.of(self._proc.pid, self.weed)
+        _write_private(self.data_dir / PID_FILE, json.dumps(
+            {**record.as_dict(), "owner": os.getpid(), "ports": self.ports, "endpoint": endpoint}, indent=2))
 
     def _start_once(self) -> "SeaweedFS":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "store").mkdir(exist_ok=True)
         # `mini` replays the options of its previous run from this file for any flag left at its
         # default; every run here passes its own, so a stale file could only surprise.
@@ -317,24 +502,28 @@ class SeaweedFS:
         self.ports = self._choose_ports()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WEED_", "AWS_", "S3_"))}
         env["TMPDIR"] = str(run_dir)  # glog and any scratch file stay out of the shared /tmp
+        # setpriv execs weed with a parent-death signal: it is sent SIGTERM when this process
+        # dies, SIGKILL included. The process group is its own, so stop() reaches all of it.
+        command = [_setpriv(), "--pdeathsig", "TERM", "--", *self._command(s3_config, config_dir, run_dir)]
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"\n{_LOG_MARK}, S3 on 127.0.0.1:{self.ports['s3']} ====\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
-                self._command(s3_config, config_dir, run_dir), cwd=self.data_dir, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = _popen_lasting(command, cwd=self.data_dir, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._finalizer = weakref.finalize(self, _terminate, self._proc, self.stop_timeout)
         try:
+            self._record(None)
             self._wait_ready(started)
         except _PortTaken:
-            self.stop(timeout=0)  # nothing was started, nothing to flush
+            self._stop_process(timeout=0)  # nothing was started, nothing to flush
             raise
         except BaseException:
-            self.stop()
+            self._stop_process()
             raise
         self.startup_seconds = time.monotonic() - started
         (self.data_dir / "ports.json").write_text(json.dumps(self.ports, indent=2), encoding="utf-8")
+        self._record(self.endpoint)
         return self
 
     def _wait_ready(self, started: float) -> None:
@@ -396,25 +585,35 @@ class SeaweedFS:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM, then SIGKILL after `timeout` (default: the instance's stop_timeout)."""
+        """SIGTERM, then SIGKILL after `timeout` (default: the instance's stop_timeout); then
+        the directory is free for the next starter."""
+        self._stop_process(timeout)
+        self._unlock()
+
+    def _stop_process(self, timeout: float | None = None) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate(proc, self.stop_timeout if timeout is None else timeout)
+            (self.data_dir / PID_FILE).unlink(missing_ok=True)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        # mini creates its gRPC sockets under /tmp (a fixed path in its code, whatever TMPDIR
-        # says) and leaves the admin and S3 ones behind even on a clean exit, all of them when
-        # killed; the process is gone, so those named after our ports are stale.
         if proc is not None:
-            for service in _SERVICES:
-                port = self.ports.get(f"{service}_grpc")
-                stale = Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock")
-                if port is not None and stale.is_socket():
-                    stale.unlink(missing_ok=True)
+            self._remove_grpc_sockets(self.ports)
         if self._run_dir is not None and self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         self._run_dir = None
+
+    @staticmethod
+    def _remove_grpc_sockets(ports: dict[str, Any]) -> None:
+        """mini creates its gRPC sockets under /tmp (a fixed path in its code, whatever TMPDIR
+        says) and leaves the admin and S3 ones behind even on a clean exit, all of them when
+        killed; once its process is gone, those named after its ports are stale."""
+        for service in _SERVICES:
+            port = ports.get(f"{service}_grpc")
+            stale = Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock")
+            if isinstance(port, int) and stale.is_socket():
+                stale.unlink(missing_ok=True)
 
     def __enter__(self) -> "SeaweedFS":
         return self.start()

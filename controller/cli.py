@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -70,14 +72,27 @@ def fail(message: str) -> None:
     err.print(f"[red]{escape(message)}[/red]")
 
 
-def _free_port(preferred: int) -> int:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port from now on, to hand to the server once the site is up:
+    a port only chosen would be free for anyone else to take while the site starts. Connections
+    made meanwhile wait in the backlog and are answered once serving starts."""
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit while a site starts or serves, so that the `with` blocks unwind:
+    the platform drains and signs a last checkpoint, the warehouse stops (uvicorn shuts down
+    gracefully first, then re-raises the signal it caught to this handler)."""
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -93,59 +108,106 @@ def init(home: HomeOpt = None) -> None:
     console.print(f"home: {settings.home}" + (f" (created {', '.join(created)})" if created else " (already there)"))
 
 
-def _serve(settings: Any, platform: Any, banner: list[str]) -> None:
+def _serve(settings: Any, platform: Any, banner: list[str], sock: socket.socket) -> None:
     import uvicorn
 
     from controller.api.app import create_app
 
     print("\n".join(banner), flush=True)
-
-    def stop(_signum: int, _frame: Any) -> None:
-        raise SystemExit(0)
-
-    # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler it found:
-    # make that handler unwind the stack, so the platform drains and signs a last checkpoint.
-    signal.signal(signal.SIGTERM, stop)
+    config = uvicorn.Config(create_app(platform), host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=10)
     try:
-        uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="info",
-                    timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
 
 
 @app.command()
-def serve(home: HomeOpt = None, port: Annotated[int, typer.Option(help="0 = any free port")] = 8000) -> None:
+def serve(home: HomeOpt = None,
+          port: Annotated[Optional[int], typer.Option(help="Default: the configured port (8000); 0 = any free port")] = None) -> None:
     """Serve the API on the configured host (127.0.0.1 by default)."""
+    from connectors.seaweed import SeaweedError
     from controller.home import init_home
     from controller.platform import Platform
     from controller.warehouse import embedded_warehouse
 
-    settings = _settings(home, port=port or _free_port(0))
+    settings = _settings(home)
+    asked = settings.port if port is None else port
+    try:
+        sock = _listen(settings.host, asked)
+    except OSError as exc:
+        fail(f"cannot listen on {settings.host}:{asked}: {exc.strerror}; choose another port with --port (0: any free one)")
+        raise typer.Exit(1) from None
+    settings = _settings(home, port=sock.getsockname()[1])
     init_home(settings.home)
-    with embedded_warehouse(settings), Platform(settings) as platform:
-        _serve(settings, platform, [f"bulles API: {settings.base_url}/docs"])
+    try:
+        with sock, _sigterm_unwinds(), embedded_warehouse(settings), Platform(settings) as platform:
+            _serve(settings, platform, [f"bulles API: {settings.base_url}/docs"], sock)
+    except SeaweedError as exc:
+        fail(f"warehouse: {exc}")
+        raise typer.Exit(1) from None
+
+
+DEMO_STATE = "demo.json"  # in the home: the port the demo served on last, kept across restarts
+DEMO_PORT = 8000
+
+
+def _demo_socket(home: Path, host: str, asked: int | None) -> tuple[socket.socket, str | None]:
+    """The demo's listening socket: on the port asked for, else the last run's, else 8000; on
+    any free one when that is taken, with a note saying so."""
+    try:
+        recorded = int(json.loads((home / DEMO_STATE).read_text(encoding="utf-8"))["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    preferred = asked if asked is not None else recorded or DEMO_PORT
+    try:
+        return _listen(host, preferred), None
+    except OSError as exc:
+        sock = _listen(host, 0)
+        return sock, f"port {preferred} is taken ({exc.strerror}); serving on {sock.getsockname()[1]} instead"
 
 
 @app.command()
 def demo(
     home: HomeOpt = None,
-    port: Annotated[int, typer.Option(help="Preferred port; another free one if taken")] = 8000,
+    port: Annotated[Optional[int], typer.Option(help="Preferred port (default: the last run's, else 8000); "
+                                                "another free one if taken")] = None,
     pupils: Annotated[int, typer.Option(min=10, max=5_000_000, help="Synthetic pupils to generate")] = 5000,
     serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve after seeding")] = True,
 ) -> None:
     """Initialise the site, seed the demo organisation, sources and users, and serve."""
-    from controller.demo import DEMO_LINK_HOURS, DEMO_PROJECT, demo_bubble, seed
+    from connectors.seaweed import SeaweedError
     from controller.home import init_home
+
+    settings = _settings(home)
+    init_home(settings.home)
+    # Bound before anything else: seeding takes a while, and the port must still be ours after.
+    sock, moved = _demo_socket(settings.home, settings.host, port)
+    settings = _settings(home, port=sock.getsockname()[1])
+    if serve_api:
+        (settings.home / DEMO_STATE).write_text(json.dumps({"port": settings.port}) + "\n", encoding="utf-8")
+        print(f"bulles demo: listening on {settings.base_url}"
+              f"{' (' + moved + ')' if moved else ''}; starting the warehouse and seeding…", flush=True)
+    else:
+        sock.close()  # nothing will serve: the port only names where the links would point
+    try:
+        with sock, _sigterm_unwinds():
+            _demo(settings, sock, moved, pupils, serve_api)
+    except SeaweedError as exc:
+        fail(f"warehouse: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _demo(settings: Any, sock: socket.socket, moved: str | None, pupils: int, serve_api: bool) -> None:
+    from controller.demo import DEMO_LINK_HOURS, DEMO_PROJECT, demo_bubble, seed
     from controller.platform import Platform
     from controller.warehouse import embedded_warehouse
 
-    settings = _settings(home, port=_free_port(port))
-    init_home(settings.home)
     with embedded_warehouse(settings) as warehouse, Platform(settings) as platform:
         users = seed(platform, pupils=pupils, warehouse=warehouse)
         lines = [
             f"bulles demo site — home {settings.home}",
-            f"  API docs:  {settings.base_url}/docs",
+            f"  API docs:  {settings.base_url}/docs" + (f"  ({moved})" if moved else ""),
             f"  catalog:   {settings.base_url}/api/v1/sources",
             f"  DCAT-AP:   {settings.base_url}/api/v1/catalog",
             "  users (send 'Authorization: Bearer <token>'):",
@@ -165,7 +227,7 @@ def demo(
         lines.append(f"  verify the audit log: bulles audit verify --home {settings.home}")
         print("\n".join(lines), flush=True)
         if serve_api:
-            _serve(settings, platform, ["Press Ctrl+C to stop."])
+            _serve(settings, platform, ["Press Ctrl+C to stop."], sock)
 
 
 @user_app.command("add")
@@ -379,18 +441,23 @@ def view_build(
             parameters[name] = raw
     request = views.ViewRequest(source=source, mode=mode, project=project,
                                 columns=columns.split(",") if columns else None, parameters=parameters)
+    from connectors.seaweed import SeaweedError
     from controller.warehouse import embedded_warehouse
 
     platform = _platform(home)
-    with embedded_warehouse(platform.settings), platform:
-        try:
+    try:
+        # A site serving this home runs its warehouse: the build reads through that one.
+        with embedded_warehouse(platform.settings, share=True), platform:
             manifest, created = views.materialise(platform, f"cli:{_os_user()}", request)
-        except (ApiError, ConnectorError) as exc:
-            fail(exc.message if isinstance(exc, ApiError) else exc.full)  # the operator sees the detail
-            raise typer.Exit(1) from None
-        except ValueError as exc:
-            fail(str(exc))
-            raise typer.Exit(1) from None
+    except SeaweedError as exc:
+        fail(f"warehouse: {exc}")
+        raise typer.Exit(1) from None
+    except (ApiError, ConnectorError) as exc:
+        fail(exc.message if isinstance(exc, ApiError) else exc.full)  # the operator sees the detail
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        fail(str(exc))
+        raise typer.Exit(1) from None
     print(json.dumps(manifest, indent=2, ensure_ascii=False))
     err.print(("built " if created else "already built: ") + str(platform.settings.home / "views" / manifest["view"]))
 

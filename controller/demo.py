@@ -16,10 +16,10 @@ from sqlalchemy import select
 from catalog.model import SourceSpec
 from catalog.synthetic import build_demo_pupils
 from catalog.vocab import Role
-from connectors.seaweed import SeaweedFS, ensure_bucket, upload
+from connectors.seaweed import ensure_bucket, upload
 from controller import accounts, sources
 from controller.auth import Principal, derived_token, hash_token
-from controller.config import DEMO_ORGANISATION
+from controller.config import DEMO_ORGANISATION, S3Credentials
 from controller.home import master_secret
 from controller.platform import Platform
 from controller.store import Organisation, SourceRow, User
@@ -55,19 +55,19 @@ USERS = [
 ]
 
 
-def _to_s3(data: dict, warehouse: SeaweedFS, roots: dict[str, Path]) -> dict:
+def _to_s3(data: dict, warehouse: S3Credentials, roots: dict[str, Path]) -> dict:
     """Copy a file-based example's data into the embedded S3 warehouse and point the entry at it."""
     location = data["connector"]
     root = roots[location["root"]]
     bucket, key = DEMO_BUCKETS[location["root"]], location["path"].rsplit("/", 1)[-1]
-    upload(warehouse.credentials(), bucket, key, root / location["path"])
+    upload(warehouse, bucket, key, root / location["path"])
     return {**data, "connector": {"kind": "s3", "bucket": bucket, "key": key, "format": location["format"],
                                   "credentials": CREDENTIALS}}
 
 
-def seed(platform: Platform, pupils: int = 5000, warehouse: SeaweedFS | None = None) -> list[tuple[DemoUser, str]]:
-    """Create what the demo needs; returns each demo user with their token. With a warehouse,
-    the demo data is loaded into its buckets and the sources read it over S3."""
+def seed(platform: Platform, pupils: int = 5000, warehouse: S3Credentials | None = None) -> list[tuple[DemoUser, str]]:
+    """Create what the demo needs; returns each demo user with their token. With a warehouse
+    (its credentials), the demo data is loaded into its buckets and the sources read it over S3."""
     master = master_secret(platform.settings.home)
     with platform.sessions() as session:
         orgs = set(session.scalars(select(Organisation.id)))
@@ -90,7 +90,7 @@ def seed(platform: Platform, pupils: int = 5000, warehouse: SeaweedFS | None = N
     provider = Principal("alice", frozenset({Role.provider}), PROVIDER_ORG)
     if warehouse is not None:
         for bucket in DEMO_BUCKETS.values():
-            ensure_bucket(warehouse.credentials(), bucket)
+            ensure_bucket(warehouse, bucket)
     for path in sorted(EXAMPLES.glob("*.yaml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if warehouse is not None:  # always reload the objects: a new warehouse may be empty

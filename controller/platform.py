@@ -14,6 +14,7 @@ from controller.home import SIGNING_KEY, load_signing_key
 from controller.metrics import Metrics
 from controller.policy import Decision, EmbeddedEngine, Engine, OpaEngine
 from controller.store import SourceRow, make_engine, make_sessionmaker, migrate
+from controller.views import remove_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Platform:
         return self.policy.decide(package, document)
 
     def start(self) -> "Platform":
+        remove_unfinished(self.settings.home)  # views a crash left half-built, before any build
         self.audit.start()
         settings = self.settings
         self._report_refused_locations()

@@ -10,15 +10,17 @@ leaves nothing behind but an audit event saying why.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
@@ -265,6 +267,53 @@ def views_root(home: Path) -> Path:
     return home / "views"
 
 
+# `.<view id>-<tempfile's random part>`: a view being built, or one a crash cut short.
+_STAGING = re.compile(r"\.[0-9a-f]{32}-[a-z0-9_]+")
+
+
+def _building_lock(root: Path) -> IO[bytes]:
+    """The lock builds hold shared while they have a staging directory in `root`: beside the
+    root, not in it, so that a views root holds views only."""
+    return open(root.with_name(root.name + ".lock"), "ab")  # noqa: SIM115 - closed by the callers
+
+
+def _building(root: Path) -> IO[bytes]:
+    """The building lock, held shared until the file returned is closed (waits only while
+    remove_unfinished runs)."""
+    lock = _building_lock(root)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    return lock
+
+
+def remove_unfinished(home: Path) -> list[str]:
+    """Remove the staging directories of builds a crash cut short; the names removed.
+
+    A build renames its staging directory into place only when complete, so one left in the
+    views root is garbage and, if it grew large, a full disk in waiting. Removed: directories
+    (never through a link) directly in the root whose name is a staging name, and only when
+    no build of any process on this home holds the lock (a build under way keeps its own; the
+    next start finds what is left). Finished views and anything else are never touched.
+    """
+    root = views_root(home)
+    if not root.is_dir():
+        return []
+    with _building_lock(root) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("views are being built in %s: half-built ones are left for the next start", root)
+            return []
+        removed = []
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if _STAGING.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                    removed.append(entry.name)
+        if removed:
+            log.warning("removed %d half-built view(s) a crash left in %s: %s", len(removed), root, ", ".join(removed))
+        return removed
+
+
 def read_manifest(home: Path, view_id: str) -> dict[str, Any] | None:
     path = views_root(home) / view_id / MANIFEST
     return orjson.loads(path.read_bytes()) if path.exists() else None
@@ -279,6 +328,7 @@ def materialise_into(root: Path, view: Mapping[str, Any], build: Callable[[], tu
     if (final / MANIFEST).exists():
         return orjson.loads((final / MANIFEST).read_bytes()), False
     root.mkdir(parents=True, exist_ok=True)
+    building = _building(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{view['view']}-", dir=root))
     try:
         batches, stats = build()
@@ -294,6 +344,8 @@ def materialise_into(root: Path, view: Mapping[str, Any], build: Callable[[], tu
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        building.close()
 
 
 def materialised_event(actor: str, manifest: Mapping[str, Any]) -> Event:

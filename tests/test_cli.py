@@ -3,12 +3,8 @@ driven through the CLI, stopped with SIGTERM, then its log verified offline."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import free_port, open_bubble_link, remove_bubbles
+from running import Bulles, wait_ready, weed_processes
 from controller.cli import app
 
 runner = CliRunner()
@@ -25,37 +22,15 @@ runner = CliRunner()
 @pytest.fixture
 def demo_site(tmp_path: Path):
     home, port = tmp_path / "home", free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "demo", "--home", str(home), "--port", str(port), "--pupils", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "BULLES_HOME": ""},
-    )
+    demo = Bulles("demo", "--home", str(home), "--port", str(port), "--pupils", "300")
     url = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError("demo exited early:\n" + "".join(lines))
-            lines.append(line)
-            if "Press Ctrl+C" in line:
-                break
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        tokens = dict(re.findall(r"^\s{4}(\w+)\s+(blt_\S+)", "".join(lines), re.M))
-        yield {"home": home, "url": url, "tokens": tokens, "proc": proc, "banner": "".join(lines)}
+        demo.wait_for(r"Press Ctrl\+C")
+        wait_ready(url)
+        tokens = dict(re.findall(r"^\s{4}(\w+)\s+(blt_\S+)", demo.output, re.M))
+        yield {"home": home, "url": url, "tokens": tokens, "proc": demo.proc, "banner": demo.output}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        demo.stop(30)
 
 
 def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> None:
@@ -110,25 +85,12 @@ def test_demo_serves_seeds_and_the_cli_drives_it(demo_site, tmp_path: Path) -> N
 
     demo_site["proc"].send_signal(signal.SIGTERM)
     assert demo_site["proc"].wait(30) == 0
-    assert not _weed_processes(home), "the warehouse outlived the platform"
+    assert not weed_processes(home), "the warehouse outlived the platform"
     # the bubble outlives the controller (the next start adopts it); the test cleans up
     assert bubble_id in remove_bubbles(home)
     verified = runner.invoke(app, ["audit", "verify", "--home", str(home)])
     assert verified.exit_code == 0, verified.output
     assert "0 newer event(s)" in verified.output  # the stop signed a final checkpoint
-
-
-def _weed_processes(home: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "weed" in cmdline and str(home) in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 def test_demo_seeding_is_idempotent_and_tokens_are_stable(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from controller.digests import file_sha256
+from controller.processes import start_time as _start_time
 from controller.runtimes import limits, network
 from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Removed, RuntimeFailure,
                                       RuntimeUnavailable, SandboxSpec, SandboxStatus)
@@ -73,14 +74,6 @@ def check_available(python_env: Path) -> None:
     if not list(python_env.glob("lib/python3*/site-packages/jupyter_server")):
         raise RuntimeUnavailable(f"the bubble environment {python_env} has no Jupyter Server: "
                                  "`./dev.sh` builds it from bubble_images/requirements.txt")
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _children(pid: int) -> list[int]:
