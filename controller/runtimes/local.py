@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,17 +21,19 @@ import threading
 import time
 from pathlib import Path
 
-from controller.digests import file_sha256
 from controller.runtimes import limits
 from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Removed, RuntimeFailure,
                                       RuntimeUnavailable, SandboxSpec, SandboxStatus)
 from controller.runtimes.sandbox import TOKEN_FILE, Layout, bwrap_command, etc_files, jupyter_config, state_document
+from controller.runtimes.wipe import wipe
 
 UID_BASE = 200_000
 UID_RANGE = 50_000
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = REPO / ".venv-bubble"
 SOCKETS = Path("/run/bulles")  # root only; one directory per controller home, one per bubble inside
+HASH_BUDGET_WITHOUT_DISK = 10 * 1024**3  # bytes a deletion reads when the home has no disk of its own
+log = logging.getLogger(__name__)
 
 
 def python_base(python_env: Path) -> Path:
@@ -249,26 +252,33 @@ class LocalRuntime:
         self._remove_run(layout)
 
     def delete(self, bubble: str) -> list[Removed]:
+        """Kill, then wipe (see runtimes.wipe): every entry of the home listed, read within a
+        budget of the disk's size, then the rest of the bubble's directory. The files the
+        controller made (etc, the disk image, the socket directory) are listed only when left."""
         layout = self.layout(bubble)
         self._kill(bubble)
-        if layout.disk.exists() and not os.path.ismount(layout.home):
-            try:
-                limits.make_disk(layout.disk, layout.home, size_mb=1, owner=0)  # mount to list what goes
-            except OSError:
-                pass
-        removed = []
-        if layout.home.exists():
-            for path in sorted(p for p in layout.home.rglob("*") if p.is_file() and not p.is_symlink()):
-                removed.append(Removed(str(path.relative_to(layout.root)), file_sha256(path), path.stat().st_size))
-        limits.release_disk(layout.home)
-        shutil.rmtree(layout.root, ignore_errors=True)
-        self._remove_run(layout)
-        return removed
+        budget = HASH_BUDGET_WITHOUT_DISK
+        if layout.disk.exists():
+            budget = layout.disk.stat().st_size
+            if not os.path.ismount(layout.home):
+                try:
+                    limits.make_disk(layout.disk, layout.home, size_mb=1, owner=0)  # mount to list what goes
+                except OSError as exc:
+                    log.warning("bubble %s: its disk could not be mounted to list what it holds: %s", bubble, exc)
+        removed = wipe(layout.home, label="home", budget=budget, remove_directory=False)
+        try:
+            limits.release_disk(layout.home)
+        except OSError as exc:  # the walk below does not enter it, and says so
+            log.warning("bubble %s: its home could not be unmounted: %s", bubble, exc)
+        removed += [r for r in wipe(layout.root, label="", budget=0) if r.not_removed]
+        return removed + self._remove_run(layout)
 
-    def _remove_run(self, layout: Layout) -> None:
-        shutil.rmtree(layout.run, ignore_errors=True)
+    def _remove_run(self, layout: Layout) -> list[Removed]:
+        """The socket directory, which the bubble could write in: what could not be removed."""
+        left = [r for r in wipe(layout.run, label="run", budget=0) if r.not_removed]
         with contextlib.suppress(OSError):  # still holds other bubbles' sockets
             self.sockets.rmdir()
+        return left
 
     def list(self) -> list[str]:
         if not self.root.exists():
