@@ -463,7 +463,7 @@ class Bubbles:
                     continue
                 try:
                     with self._operations.hold(bubble_id) as lock, lock:
-                        removed = [removal_record(r) for r in self.runtime.delete(bubble_id)]
+                        removed = self._wipe(bubble_id, "an orphan")
                     self.platform.audit.append(self._event(RECONCILER, "bubble.orphan_removed", bubble_id,
                                                            {"removed": removed}))
                     done.append((bubble_id, "orphan_removed"))
