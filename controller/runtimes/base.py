@@ -64,7 +64,7 @@ class Removed:
     sha256: str | None  # None when not read; `not_hashed` says why
     bytes: int  # apparent size
     allocated: int = 0  # what the file system holds for it (st_blocks x 512): what was written
-    kind: str = "file"  # file, symlink, fifo, socket, character device, block device, directory, other
+    kind: str = "file"  # file, symlink, fifo, socket, character device, block device, directory, disk image, other
     path_base64: str | None = None
     not_hashed: str | None = None
     not_removed: str | None = None  # why it is still there

@@ -257,15 +257,19 @@ class LocalRuntime:
         controller made (etc, the disk image, the socket directory) are listed only when left."""
         layout = self.layout(bubble)
         self._kill(bubble)
-        budget = HASH_BUDGET_WITHOUT_DISK
+        budget, unlisted = HASH_BUDGET_WITHOUT_DISK, []
         if layout.disk.exists():
-            budget = layout.disk.stat().st_size
+            image = layout.disk.stat()
+            budget = image.st_size
             if not os.path.ismount(layout.home):
                 try:
                     limits.make_disk(layout.disk, layout.home, size_mb=1, owner=0)  # mount to list what goes
                 except OSError as exc:
                     log.warning("bubble %s: its disk could not be mounted to list what it holds: %s", bubble, exc)
-        removed = wipe(layout.home, label="home", budget=budget, remove_directory=False)
+                    why = "its disk could not be mounted: the files on it were not listed"
+                    unlisted = [Removed("home", None, image.st_size, image.st_blocks * 512, "disk image",
+                                        not_hashed=why)]
+        removed = unlisted + wipe(layout.home, label="home", budget=budget, remove_directory=False)
         try:
             limits.release_disk(layout.home)
         except OSError as exc:  # the walk below does not enter it, and says so
