@@ -331,6 +331,7 @@ def test_a_home_built_to_break_the_deletion_is_wiped_and_recorded(
     check_record(events[-1][1]["removed"], sparse)
     assert reads and sum(reads) < GiB  # all the bytes read: none of the 30 GiB the sparse files declare
     assert not layout.root.exists() and not layout.run.exists() and bubble_id not in runtime.list()
+    assert Path("/etc/shadow").exists()  # the link went, not what it named
 
 
 def odd_tree(home: Path) -> None:
