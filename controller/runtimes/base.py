@@ -56,11 +56,18 @@ class SandboxStatus:
 
 @dataclass(frozen=True)
 class Removed:
-    """One file wiped with a bubble: the deletion record lists them."""
+    """One entry wiped with a bubble (a file, a link, a fifo...; directories only when left
+    behind): the deletion record lists them. Never fails to encode: `path` is text even for a
+    name that is not UTF-8, whose exact bytes are then in `path_base64`."""
 
-    path: str
-    sha256: str
-    bytes: int
+    path: str  # relative to the bubble's directory: home/...
+    sha256: str | None  # None when not read; `not_hashed` says why
+    bytes: int  # apparent size
+    allocated: int = 0  # what the file system holds for it (st_blocks x 512): what was written
+    kind: str = "file"  # file, symlink, fifo, socket, character device, block device, directory, disk image, other
+    path_base64: str | None = None
+    not_hashed: str | None = None
+    not_removed: str | None = None  # why it is still there
 
 
 class Runtime(Protocol):
@@ -75,7 +82,8 @@ class Runtime(Protocol):
         """Kill every process of the bubble; keep its home."""
 
     def delete(self, bubble: str) -> list[Removed]:
-        """Kill and wipe everything the bubble had; what was removed, with hashes."""
+        """Kill and wipe everything the bubble had; what was removed, with hashes, and what could
+        not be. Odd files never make it fail; it raises only when nothing could be wiped."""
 
     def list(self) -> list[str]:
         """Bubbles this runtime holds anything for (running or not)."""

@@ -27,7 +27,6 @@ import threading
 import time
 from pathlib import Path
 
-from controller.digests import file_sha256
 from controller.processes import start_time as _start_time
 from controller.runtimes import limits, network
 from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Removed, RuntimeFailure,
@@ -35,6 +34,7 @@ from controller.runtimes.base import (EXITED, MISSING, RUNNING, Endpoint, Remove
 from controller.runtimes.sandbox import (CONFIG_DIR, DATA_DIR, TOKEN_FILE, Handshake, Layout, bwrap_command,
                                          etc_files, jupyter_config, page_config, state_document)
 from controller.runtimes.uids import UID_FILE, UidConflict, UidRegistry
+from controller.runtimes.wipe import wipe
 
 log = logging.getLogger(__name__)
 NETWORK_TIMEOUT = 30.0  # for the sandbox to report its pid, and for slirp4netns to configure tap0
@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = REPO / ".venv-bubble"
 SOCKETS = Path("/run/bulles")  # root only; one directory per controller home, one per bubble inside
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the tools are looked for and run from
+HASH_BUDGET_WITHOUT_DISK = 10 * 1024**3  # bytes a deletion reads when the home has no disk of its own
 
 
 def python_base(python_env: Path) -> Path:
@@ -332,26 +333,37 @@ class LocalRuntime:
         self._remove_run(layout)
 
     def delete(self, bubble: str) -> list[Removed]:
+        """Kill, then wipe (see runtimes.wipe): every entry of the home listed, read within a
+        budget of the disk's size, then the rest of the bubble's directory. The files the
+        controller made (etc, the disk image, the socket directory) are listed only when left."""
         layout = self.layout(bubble)
         self._kill(bubble)
-        if layout.disk.exists() and not os.path.ismount(layout.home):
-            try:
-                limits.make_disk(layout.disk, layout.home, size_mb=1, owner=0)  # mount to list what goes
-            except OSError:
-                pass
-        removed = []
-        if layout.home.exists():
-            for path in sorted(p for p in layout.home.rglob("*") if p.is_file() and not p.is_symlink()):
-                removed.append(Removed(str(path.relative_to(layout.root)), file_sha256(path), path.stat().st_size))
-        limits.release_disk(layout.home)
-        shutil.rmtree(layout.root, ignore_errors=True)
-        self._remove_run(layout)
-        return removed
+        budget, unlisted = HASH_BUDGET_WITHOUT_DISK, []
+        if layout.disk.exists():
+            image = layout.disk.stat()
+            budget = image.st_size
+            if not os.path.ismount(layout.home):
+                try:
+                    limits.make_disk(layout.disk, layout.home, size_mb=1, owner=0)  # mount to list what goes
+                except OSError as exc:
+                    log.warning("bubble %s: its disk could not be mounted to list what it holds: %s", bubble, exc)
+                    why = "its disk could not be mounted: the files on it were not listed"
+                    unlisted = [Removed("home", None, image.st_size, image.st_blocks * 512, "disk image",
+                                        not_hashed=why)]
+        removed = unlisted + wipe(layout.home, label="home", budget=budget, remove_directory=False)
+        try:
+            limits.release_disk(layout.home)
+        except OSError as exc:  # the walk below does not enter it, and says so
+            log.warning("bubble %s: its home could not be unmounted: %s", bubble, exc)
+        removed += [r for r in wipe(layout.root, label="", budget=0) if r.not_removed]
+        return removed + self._remove_run(layout)
 
-    def _remove_run(self, layout: Layout) -> None:
-        shutil.rmtree(layout.run, ignore_errors=True)
+    def _remove_run(self, layout: Layout) -> list[Removed]:
+        """The socket directory, which the bubble could write in: what could not be removed."""
+        left = [r for r in wipe(layout.run, label="run", budget=0) if r.not_removed]
         with contextlib.suppress(OSError):  # still holds other bubbles' sockets
             self.sockets.rmdir()
+        return left
 
     def list(self) -> list[str]:
         if not self.root.exists():
