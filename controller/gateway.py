@@ -28,6 +28,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from controller import projects
+from controller.audit.aggregate import Aggregator
 from controller.audit.log import Event
 from controller.errors import ApiError, not_found
 from controller.home import master_secret
@@ -40,6 +41,7 @@ router = APIRouter(include_in_schema=False)
 COOKIE = "bulles-session"
 TICKET_SECONDS = 120
 SESSION_HOURS = 8
+DENIALS_WINDOW_SECONDS = 60.0
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "authorization", "cookie"}
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -78,6 +80,8 @@ class Gate:
         self.platform = platform
         self.secret = master_secret(platform.settings.home)
         self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
+        # Anyone can provoke a denial: counted per caller and bubble rather than logged one by one.
+        self.denials = Aggregator(platform.audit, window_seconds=DENIALS_WINDOW_SECONDS)
 
     def caller(self, headers: Any, cookies: dict[str, str], bubble_id: str) -> str | None:
         authorization = headers.get("authorization", "")
@@ -104,8 +108,10 @@ class Gate:
                       and projects.role_of(session, row.project_id, username) is not None)
             state = row.state if row is not None else None
         if not member:
-            self.platform.audit.append(Event(f"user:{username}" if username else "anonymous", "gateway.denied",
-                                             "bubble", bubble_id, {"path": path[:200]}))
+            actor = f"user:{username}" if username else "anonymous"
+            # Ids of no bubble share one key: inventing ids does not make more events.
+            self.denials.record(Event(actor, "gateway.denied", "bubble", bubble_id[:64], {"path": path[:200]}),
+                                key=(actor, bubble_id if row is not None else None))
             raise not_found("bubble", bubble_id)
         bubbles = self.platform.bubbles
         endpoint = bubbles.endpoint(bubble_id) if bubbles is not None and state == RUNNING else None

@@ -104,6 +104,7 @@ class AuditLog:
         self._size = 0
         self._head = GENESIS
         self._last_checkpoint_size = 0
+        self._closers: list[Callable[[], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> "AuditLog":
@@ -112,8 +113,20 @@ class AuditLog:
         self._thread.start()
         return self
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the log closes, before its last events are drained (an aggregator
+        appends the counts it holds)."""
+        self._closers.append(callback)
+
     def close(self, *, final_checkpoint: bool = True) -> None:
         """Drain what is queued, sign a last checkpoint if anything is new, stop the writer."""
+        if self._closed:
+            return
+        for callback in self._closers:
+            try:
+                callback()
+            except Exception:  # one failing hook must not keep the log from closing
+                log.exception("audit log close hook failed")
         with self._lock:
             if self._closed:
                 return
