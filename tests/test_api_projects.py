@@ -4,22 +4,12 @@ decided on stays; a change that cannot be stored is a 4xx. Runs on SQLite and Po
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 
 from conftest import Site, example
+from test_access import IPS, PUPILS, project_body
 from controller import accounts
 from controller.projects import MAX_MEMBERS
-
-PUPILS, IPS = "eleves-synthetiques", "fr-en-ips-colleges-ap2022"
-TODAY = dt.date.today()
-
-
-def project_body(pid: str = "projet-a", **changes) -> dict:
-    return {"id": pid, "title": "Absentéisme et réussite", "purpose": "research", "legal_basis": "public_task",
-            "dpia_reference": "AIPD-2026-07", "start_date": (TODAY - dt.timedelta(days=30)).isoformat(),
-            "end_date": (TODAY + dt.timedelta(days=200)).isoformat(), **changes}
 
 
 @pytest.fixture
