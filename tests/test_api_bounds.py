@@ -203,6 +203,15 @@ def test_line_breaks_are_kept_in_free_text(site: Site) -> None:
     assert created.status_code == 201, created.text
 
 
+def test_control_characters_are_refused_in_export_requests(site: Site) -> None:
+    """Found by the fuzz on PostgreSQL: a NUL in the bubble id of an export request was a 500."""
+    for body, field in (({"bubble": "b-\x00", "paths": ["a.csv"], "justification": "x"}, "bubble"),
+                        ({"bubble": "b-1", "paths": ["a\x00.csv"], "justification": "x"}, "paths.0"),
+                        ({"bubble": "b-1", "paths": ["a.csv"], "justification": "x\x00"}, "justification")):
+        answer = site.client.post("/api/v1/exports", json=body, headers=site.headers("bruno"))
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == field, answer.text
+
+
 @pytest.mark.parametrize("url", ["/api/v1/sources/eleves%00", "/api/v1/sources?q=%00", "/api/v1/sources?publisher=a%0Ab",
                                  "/api/v1/projects/p%00", "/bubbles/b-%00/api/status"])
 def test_control_characters_in_a_url_are_refused_before_routing(site: Site, url: str) -> None:
