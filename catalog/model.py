@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
+from catalog.fields import Line, Text
 from catalog.vocab import (
     HTTP_IRI,
     PERSONAL_SENSITIVITIES,
@@ -35,6 +36,10 @@ ORG_ID = r"^[a-z0-9][a-z0-9._-]{0,62}[a-z0-9]$"
 # stand alone, as ISO 8601 says.
 _DURATION = re.compile(r"^P((?!$)(\d+Y)?(\d+M)?(\d+D)?|\d+W)$")
 GDPR = "http://data.europa.eu/eli/reg/2016/679/oj"
+# Domain bounds on the numbers a document holds: far beyond any real source, well inside what a
+# 64-bit integer, canonical JSON and the policies can hold.
+MAX_RECORDS = 10**15
+MAX_HINT = 10**9
 
 
 class _Strict(BaseModel):
@@ -43,8 +48,8 @@ class _Strict(BaseModel):
 
 class GeneralisationHint(_Strict):
     to: Generalisation
-    width: int | None = Field(None, ge=1, description="Band width, for 'band'")
-    min_count: int | None = Field(None, ge=1, description="Rarity threshold, for 'rare_to_other'")
+    width: int | None = Field(None, ge=1, le=MAX_HINT, description="Band width, for 'band'")
+    min_count: int | None = Field(None, ge=1, le=MAX_HINT, description="Rarity threshold, for 'rare_to_other'")
 
     @model_validator(mode="after")
     def _parameters(self) -> "GeneralisationHint":
@@ -58,10 +63,10 @@ class GeneralisationHint(_Strict):
 
 
 class Column(_Strict):
-    name: str = Field(min_length=1, max_length=128)
+    name: Line = Field(min_length=1, max_length=128)
     type: ColumnType
     role: ColumnRole = ColumnRole.attribute
-    description: str | None = Field(None, max_length=2000)
+    description: Text | None = Field(None, max_length=2000)
     generalisation: GeneralisationHint | None = None
 
     @model_validator(mode="after")
@@ -84,7 +89,7 @@ class Column(_Strict):
 
 
 class ContactPoint(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Line = Field(min_length=1, max_length=200)
     email: EmailStr
 
 
@@ -105,27 +110,27 @@ class SourceSpec(_Strict):
     """What a provider registers. `publisher` is the owning organisation's id."""
 
     id: str = Field(pattern=SOURCE_ID, description="Stable identifier, lowercase")
-    title: str = Field(min_length=1, max_length=300)
-    description: str = Field(min_length=1, max_length=20000)
+    title: Line = Field(min_length=1, max_length=300)
+    description: Text = Field(min_length=1, max_length=20000)
     publisher: str = Field(pattern=ORG_ID)
     contact_point: ContactPoint
-    keywords: list[str] = Field(default_factory=list, max_length=50)
-    themes: list[Theme] = Field(default_factory=list)
-    language: list[str] = Field(default_factory=lambda: ["fr"], min_length=1)
+    keywords: list[Line] = Field(default_factory=list, max_length=50)
+    themes: list[Theme] = Field(default_factory=list, max_length=20)
+    language: list[str] = Field(default_factory=lambda: ["fr"], min_length=1, max_length=30)
     access_rights: AccessRights
-    applicable_legislation: list[str] = Field(default_factory=list)
-    licence: str | None = Field(None, pattern=HTTP_IRI)
-    landing_page: str | None = Field(None, pattern=HTTP_IRI)
-    provenance: str | None = Field(None, max_length=4000)
+    applicable_legislation: list[Line] = Field(default_factory=list, max_length=50)
+    licence: Line | None = Field(None, pattern=HTTP_IRI, max_length=2000)
+    landing_page: Line | None = Field(None, pattern=HTTP_IRI, max_length=2000)
+    provenance: Text | None = Field(None, max_length=4000)
     temporal: Temporal | None = None
-    spatial: list[str] = Field(default_factory=list)
+    spatial: list[Line] = Field(default_factory=list, max_length=50)
     sensitivity: Sensitivity
     legal_basis: LegalBasis | None = None
     allowed_purposes: list[Purpose] = Field(default_factory=list)
     access_modes: list[AccessMode] = Field(min_length=1)
     personal_data_categories: list[PersonalDataCategory] = Field(default_factory=list)
-    retention: str | None = Field(None, description="ISO 8601 duration, e.g. P5Y")
-    number_of_records: int | None = Field(None, ge=0)
+    retention: Line | None = Field(None, max_length=40, description="ISO 8601 duration, e.g. P5Y")
+    number_of_records: int | None = Field(None, ge=0, le=MAX_RECORDS)
     schema_: list[Column] = Field(alias="schema", min_length=1, max_length=2000)
     connector: Location
     site: str = Field("local", pattern=ORG_ID)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from catalog.fields import Line, Text
 from catalog.vocab import HTTP_IRI
 
 FileFormat = Literal["parquet", "csv", "json"]
@@ -23,10 +24,10 @@ class _Location(BaseModel):
 
 class S3Location(_Location):
     kind: Literal["s3"]
-    endpoint: str | None = Field(None, description="Endpoint URL; the site default when absent")
+    endpoint: Line | None = Field(None, max_length=2000, description="Endpoint URL; the site default when absent")
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    key: str | None = Field(None, min_length=1, description="One object")
-    prefix: str | None = Field(None, min_length=1, description="Every object under a prefix")
+    key: Line | None = Field(None, min_length=1, max_length=1024, description="One object")
+    prefix: Line | None = Field(None, min_length=1, max_length=1024, description="Every object under a prefix")
     format: FileFormat = "parquet"
     credentials: str | None = Field(None, pattern=_NAME, description="Name of a credential set")
 
@@ -41,7 +42,7 @@ class PostgresqlLocation(_Location):
     kind: Literal["postgresql"]
     database: str = Field(pattern=_NAME, description="Name of a database declared by the site")
     table: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
-    query: str | None = Field(None, min_length=1, description="A read-only SELECT")
+    query: Text | None = Field(None, min_length=1, max_length=100_000, description="A read-only SELECT")
 
     @model_validator(mode="after")
     def _one_of_table_or_query(self) -> "PostgresqlLocation":
@@ -54,7 +55,7 @@ class PostgresqlLocation(_Location):
 
 class HttpLocation(_Location):
     kind: Literal["http"]
-    url: str = Field(pattern=HTTP_IRI)
+    url: Line = Field(pattern=HTTP_IRI, max_length=2000)
     format: FileFormat = "csv"
 
 
@@ -63,7 +64,7 @@ class FileLocation(_Location):
 
     kind: Literal["file"]
     root: str = Field("warehouse", pattern=_NAME, description="Name of a root declared by the site")
-    path: str = Field(min_length=1, description="Relative to the root; no '..'")
+    path: Line = Field(min_length=1, max_length=4096, description="Relative to the root; no '..'")
     format: FileFormat = "csv"
 
     @model_validator(mode="after")

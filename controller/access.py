@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from catalog.fields import Line, Text
 from catalog.vocab import PERSONAL_SENSITIVITIES, AccessMode, Role, Sensitivity
 from controller import projects, sources
 from controller.audit.log import Event
@@ -46,9 +47,9 @@ PERSONAL_MODES = {AccessMode.raw, AccessMode.minimised, AccessMode.pseudonymised
 class AccessRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    source: str
-    columns: list[str] | None = Field(None, description="All of the source's columns when absent")
-    justification: str = Field(min_length=1, max_length=10000)
+    source: Line = Field(max_length=64)
+    columns: list[Line] | None = Field(None, max_length=2000, description="All of the source's columns when absent")
+    justification: Text = Field(min_length=1, max_length=10000)
     mode: AccessMode | None = Field(None, description="Let the policy choose when absent")
 
 
@@ -56,13 +57,13 @@ class ReviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     verdict: str = Field(pattern="^(approve|reject)$")
-    comment: str = Field("", max_length=10000)
+    comment: Text = Field("", max_length=10000)
 
 
 class RevokeBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    reason: str = Field(min_length=1, max_length=10000)
+    reason: Text = Field(min_length=1, max_length=10000)
 
 
 def today() -> str:
@@ -198,8 +199,8 @@ def review(platform: Platform, principal: Principal, request_id: str, body: Revi
 
     def apply(session: Session) -> dict[str, Any]:
         row = session.get(AccessRequest, request_id, with_for_update=True)
-        if row is None:
-            raise not_found("access request", request_id)
+        if row is None or not _may_see(session, principal, row):
+            raise not_found("access request", request_id)  # strangers learn nothing: 404
         if not principal.has(Role.provider) or principal.organisation != row.publisher:
             raise forbidden(f"only providers of '{row.publisher}' review requests for its sources")
         if (principal.username == row.requester or projects.role_of(session, row.project_id, principal.username)
@@ -238,8 +239,8 @@ def review(platform: Platform, principal: Principal, request_id: str, body: Revi
 def revoke(platform: Platform, principal: Principal, grant_id: str, body: RevokeBody) -> dict[str, Any]:
     def apply(session: Session) -> dict[str, Any]:
         row = session.get(Grant, grant_id, with_for_update=True)
-        if row is None:
-            raise not_found("grant", grant_id)
+        if row is None or not _may_see(session, principal, row):
+            raise not_found("grant", grant_id)  # strangers learn nothing: 404
         if not principal.has(Role.provider) or principal.organisation != row.publisher:
             raise forbidden(f"only providers of '{row.publisher}' revoke grants on its sources")
         if row.status != ACTIVE:
@@ -273,6 +274,15 @@ def _visible_filter(query: Any, model: Any, principal: Principal) -> Any:
     if principal.has(Role.provider) and principal.organisation:
         clauses.append(model.publisher == principal.organisation)
     return query.where(or_(*clauses))
+
+
+def _may_see(session: Session, principal: Principal, row: AccessRequest | Grant) -> bool:
+    """The rule of `_visible_filter` for one row: whoever it does not show gets a 404 for it."""
+    if principal.has(Role.admin, Role.auditor):
+        return True
+    if principal.has(Role.provider) and principal.organisation == row.publisher:
+        return True
+    return projects.role_of(session, row.project_id, principal.username) is not None
 
 
 def list_requests(session: Session, principal: Principal, *, project: str | None = None, status: str | None = None,

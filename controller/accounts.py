@@ -31,7 +31,7 @@ def user_view(user: User) -> dict[str, Any]:
 def add_organisation(
     platform: Platform, actor: str, org_id: str, name: str, homepage: str | None = None, email: str | None = None
 ) -> dict[str, Any]:
-    if not re.match(ORG_ID, org_id):
+    if not re.fullmatch(ORG_ID, org_id):
         raise ApiError(422, "validation_error", f"id: '{org_id}' must match {ORG_ID}", field="id")
     if not name.strip():
         raise ApiError(422, "validation_error", "name: must not be empty", field="name")
@@ -48,7 +48,7 @@ def add_organisation(
 
 
 def _check_user(username: str, roles: list[str], organisation: str | None) -> list[str]:
-    if not re.match(USERNAME, username):
+    if not re.fullmatch(USERNAME, username):
         raise ApiError(422, "validation_error", f"username: '{username}' must match {USERNAME}", field="username")
     if not roles:
         raise ApiError(422, "validation_error", "roles: give at least one role", field="roles")

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from catalog.fields import Line
 from controller import access, projects, sources, views
 from controller.access import _record_decision
 from controller.audit.log import Event
@@ -59,21 +60,25 @@ RECONCILER = "system:reconciler"
 
 
 class Resources(BaseModel):
+    """What a bubble asks for; the policy clamps it to the site's maxima. The bounds here only
+    keep a request within what the policy and the record can hold (finite, 64-bit)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    cpu: float | None = Field(None, gt=0)
-    memory_mb: int | None = Field(None, gt=0)
-    disk_mb: int | None = Field(None, gt=0)
-    lifetime_hours: float | None = Field(None, gt=0)
+    cpu: float | None = Field(None, gt=0, le=1024, allow_inf_nan=False)
+    memory_mb: int | None = Field(None, gt=0, le=1 << 24)
+    disk_mb: int | None = Field(None, gt=0, le=1 << 30)
+    lifetime_hours: float | None = Field(None, gt=0, le=24 * 366, allow_inf_nan=False)
 
 
 class BubbleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    project: str = Field(min_length=1, max_length=64)
+    project: Line = Field(min_length=1, max_length=64)
     resources: Resources = Resources()
-    parameters: dict[str, dict[str, Any]] = Field(
-        {}, description="Per grant id: what the mode leaves open (dimensions of an aggregate, size of a sample)")
+    parameters: dict[Line, dict[Line, Any]] = Field(
+        {}, max_length=100,
+        description="Per grant id: what the mode leaves open (dimensions of an aggregate, size of a sample)")
 
 
 def jupyter_token(secret: bytes, bubble_id: str) -> str:

@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     oidc: OidcSettings | None = None
     users: list[ConfiguredUser] = []
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    metrics_token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                             description="SHA-256 of a token that may read /metrics and nothing else")
     checkpoint_interval_seconds: float = Field(300.0, ge=0, description="0 disables periodic checkpoints")
     audit_batch_max: int = Field(1000, ge=1, le=100_000)
     file_roots: dict[str, FileRoot] = Field({}, description="Directories file sources may live under, with their owners")

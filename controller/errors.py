@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from catalog.vocab import Role
 from connectors.base import ConnectorError
@@ -45,8 +46,11 @@ def forbidden(message: str) -> ApiError:
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    """The dotted field path; a request's part ("body", "query", ...) leads FastAPI's paths only,
+    so a field that happens to be named "path" keeps its name."""
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or "body"
 
 
 def validation_problems(exc: ValidationError | RequestValidationError) -> list[dict[str, str]]:
@@ -118,10 +122,14 @@ def install(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden"}
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden",
+                 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+        if exc.status_code == 413 and limit is not None:
+            message = f"request body over this endpoint's limit of {limit} bytes"
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=exc.status_code)
 
     @app.exception_handler(ConnectorError)

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from catalog.fields import Line, Text
 from catalog.vocab import PERSONAL_SENSITIVITIES, ColumnRole, Role, Sensitivity
 from controller import access, disclosure, projects, sources, views
 from controller.access import _record_decision
@@ -68,23 +69,23 @@ VOTES = {"approve": RELEASED, "changes": CHANGES, "refuse": REFUSED}
 class ExportBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    bubble: str = Field(min_length=1, max_length=64)
-    paths: list[str] = Field(min_length=1, max_length=1000, description="Files or folders of the outbox")
-    justification: str = Field(min_length=1, max_length=10000)
+    bubble: Line = Field(min_length=1, max_length=64)
+    paths: list[Line] = Field(min_length=1, max_length=1000, description="Files or folders of the outbox")
+    justification: Text = Field(min_length=1, max_length=10000)
 
 
 class ResubmitBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    paths: list[str] | None = Field(None, min_length=1, max_length=1000, description="The same paths when absent")
-    justification: str | None = Field(None, min_length=1, max_length=10000)
+    paths: list[Line] | None = Field(None, min_length=1, max_length=1000, description="The same paths when absent")
+    justification: Text | None = Field(None, min_length=1, max_length=10000)
 
 
 class VoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     vote: str = Field(pattern="^(approve|changes|refuse)$")
-    comment: str = Field("", max_length=10000)
+    comment: Text = Field("", max_length=10000)
 
     @model_validator(mode="after")
     def _commented(self) -> "VoteBody":
@@ -96,7 +97,7 @@ class VoteBody(BaseModel):
 class ReasonBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    reason: str = Field(min_length=1, max_length=10000)
+    reason: Text = Field(min_length=1, max_length=10000)
 
 
 # ------------------------------------------------------------------ pure parts

@@ -22,12 +22,11 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
@@ -44,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
 from controller import projects
+from controller.audit.aggregate import Aggregator
 from controller.audit.log import Event
 from controller.errors import ApiError, not_found
 from controller.home import master_secret
@@ -58,7 +58,7 @@ COOKIE = "bulles-session"
 XSRF_COOKIE, XSRF_HEADER = "_xsrf", "x-xsrftoken"  # Jupyter Server's names, which JupyterLab sends
 TICKET_SECONDS = 60
 SESSION_HOURS = 8
-REFUSAL_WINDOW_SECONDS = 60.0
+ATTEMPTS_WINDOW_SECONDS = 60.0
 RECHECK_SECONDS = 30.0  # how often an open channel's caller is admitted again
 FORM_MAX_BYTES = 4096
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -175,88 +175,6 @@ def browser_refusal(method: str, headers: Any, cookies: dict[str, str], site_url
 
 # ---------------------------------------------------------------------------- the audit trail
 
-@dataclass
-class _Window:
-    opened: float
-    first: Event
-    count: int = 0  # occurrences after the first, not yet written
-    last: Event | None = None
-
-
-class Throttle:
-    """At most one audit event per key and window. The first occurrence is written at once, with
-    `count` 1; those after it in the same window are only counted, and one event carrying their
-    count (and the last one's details) is written when the window ends, before the key's next
-    window opens, or when the gateway stops. So the counts of the events of a key add up to its
-    occurrences: nothing is dropped without a trace, and a loop makes a few events a minute."""
-
-    def __init__(self, append: Callable[[Event], Any], window: float = REFUSAL_WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._append = append
-        self.window = window
-        self._clock = clock
-        self._windows: dict[tuple[str, ...], _Window] = {}
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-
-    def record(self, key: tuple[str, ...], event: Event) -> None:
-        now = self._clock()
-        with self._lock:
-            window = self._windows.get(key)
-            if window is not None and now - window.opened < self.window:
-                window.count += 1
-                window.last = event
-                return
-            self._windows[key] = _Window(now, event)
-            self._arm()
-        if window is not None:
-            self._write_summary(window)
-        self._write(event, 1)
-
-    def flush(self, everything: bool = False) -> None:
-        """Write the counts of the windows that are over (all of them when `everything`)."""
-        now = self._clock()
-        with self._lock:
-            over = [k for k, w in self._windows.items() if everything or now - w.opened >= self.window]
-            ended = [self._windows.pop(k) for k in over]
-        for window in ended:
-            self._write_summary(window)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        self.flush(everything=True)
-
-    def _arm(self) -> None:
-        if self._timer is None:
-            self._timer = threading.Timer(self.window, self._tick)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _tick(self) -> None:
-        with self._lock:
-            self._timer = None
-        self.flush()
-        with self._lock:
-            if self._windows:
-                self._arm()
-
-    def _write_summary(self, window: _Window) -> None:
-        if window.count:
-            self._write(window.last or window.first, window.count, summary=True)
-
-    def _write(self, event: Event, count: int, summary: bool = False) -> None:
-        details = {**event.details, "count": count}
-        if summary:
-            details["window_seconds"] = self.window
-        try:
-            self._append(replace(event, details=details))
-        except Exception:  # the log is closed (shutdown) or failing: say so where it can be seen
-            log.exception("could not record %s (%d occurrence(s)) for %s", event.action, count, event.subject_id)
-
-
 # ---------------------------------------------------------------------------- the gate
 
 @dataclass(frozen=True)
@@ -290,9 +208,10 @@ class Gate:
         self.secret = master_secret(platform.settings.home)
         self.site_url = platform.settings.base_url
         self.assets = Assets(platform.settings.bubble_env.resolve())
-        self.throttle = Throttle(platform.audit.append)
         self.recheck_seconds = RECHECK_SECONDS
         self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
+        # Anyone can provoke a denial or a refusal: counted per caller and bubble, not logged one by one.
+        self.attempts = Aggregator(platform.audit, window_seconds=ATTEMPTS_WINDOW_SECONDS)
 
     def caller(self, headers: Any, cookies: dict[str, str], bubble_id: str) -> tuple[str | None, bool]:
         """(username or None, whether by the session cookie)."""
@@ -338,11 +257,11 @@ class Gate:
         return not_found("bubble", bubble_id)
 
     def record(self, action: str, username: str | None, bubble_id: str, details: dict[str, Any]) -> None:
-        """A denial or refusal, throttled per caller and bubble (per caller alone when anonymous,
+        """A denial or refusal, counted per caller and bubble (per caller alone when anonymous,
         so that probing many ids makes no more events)."""
         actor = f"user:{username}" if username else "anonymous"
         key = (action, actor, bubble_id if username else "")
-        self.throttle.record(key, Event(actor, action, "bubble", bubble_id, details))
+        self.attempts.record(Event(actor, action, "bubble", bubble_id[:64], details), key=key)
 
     def refuse(self, username: str, bubble_id: str, method: str, path: str, reason: str) -> ApiError:
         """The answer to a request the gateway does not pass on, recorded (the path, cut short;
@@ -379,7 +298,7 @@ class Gate:
         self.platform.audit.append(Event(f"user:{username}", action, "bubble", bubble_id, details))
 
     def close(self) -> None:
-        self.throttle.close()
+        self.attempts.close()
 
 
 def _gate(request: Request | WebSocket) -> Gate:

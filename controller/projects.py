@@ -7,19 +7,22 @@ import datetime as dt
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from catalog.model import SOURCE_ID
+from catalog.fields import Line, Text
+from catalog.model import SOURCE_ID, FieldError
 from catalog.vocab import LegalBasis, Purpose, Role
 from controller.accounts import USERNAME
 from controller.audit.log import Event
 from controller.auth import Principal
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
-from controller.store import Grant, Project, ProjectMember, iso, utcnow
+from controller.store import Grant, Project, ProjectMember, User, iso, utcnow
 
 OWNER, MEMBER = "owner", "member"
+MAX_MEMBERS = 100
+ACTIVE_GRANT = "active"  # controller.access.ACTIVE; access depends on projects, not the reverse
 
 
 class Member(BaseModel):
@@ -41,15 +44,16 @@ class _Dates(BaseModel):
 class ProjectSpec(_Dates):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    id: str = Field(pattern=SOURCE_ID)
-    title: str = Field(min_length=1, max_length=300)
-    description: str = Field("", max_length=20000)
+    id: str = Field(pattern=SOURCE_ID, description="A public name: it appears in URLs and in what providers "
+                    "and reviewers see; a name already taken answers 409 whoever asks")
+    title: Line = Field(min_length=1, max_length=300)
+    description: Text = Field("", max_length=20000)
     purpose: Purpose
     legal_basis: LegalBasis | None = None
-    dpia_reference: str | None = Field(None, min_length=1, max_length=200)
+    dpia_reference: Line | None = Field(None, min_length=1, max_length=200)
     start_date: dt.date
     end_date: dt.date
-    members: list[Member] = []
+    members: list[Member] = Field([], max_length=MAX_MEMBERS)
 
 
 class ProjectChanges(_Dates):
@@ -57,12 +61,20 @@ class ProjectChanges(_Dates):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    title: str | None = Field(None, min_length=1, max_length=300)
-    description: str | None = Field(None, max_length=20000)
+    title: Line | None = Field(None, min_length=1, max_length=300)
+    description: Text | None = Field(None, max_length=20000)
     legal_basis: LegalBasis | None = None
-    dpia_reference: str | None = Field(None, min_length=1, max_length=200)
+    dpia_reference: Line | None = Field(None, min_length=1, max_length=200)
     end_date: dt.date | None = None
-    members: list[Member] | None = None
+    members: list[Member] | None = Field(None, max_length=MAX_MEMBERS)
+
+    @model_validator(mode="after")
+    def _kept(self) -> "ProjectChanges":
+        """Only the legal basis and the DPIA reference may be removed (null); the rest is changed."""
+        for name in ("title", "description", "end_date", "members"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise FieldError(name, "cannot be removed; give a new value")
+        return self
 
 
 def _members(session: Session, project_id: str) -> list[dict[str, str]]:
@@ -99,7 +111,29 @@ def _check_members(members: list[Member], owner: str) -> list[Member]:
         raise ApiError(422, "validation_error", "members: a user is listed twice", field="members")
     if owner not in seen:
         members = [Member(username=owner, role=OWNER), *members]
+    if len(members) > MAX_MEMBERS:
+        raise ApiError(422, "validation_error", f"members: at most {MAX_MEMBERS} members", field="members")
     return members
+
+
+def _require_users(session: Session, platform: Platform, members: list[Member]) -> None:
+    """Members are users of this site who may sign in: an embedded user not disabled, or one
+    declared in the configuration. With OpenID Connect the provider holds the directory, which
+    this site cannot list: names are then taken as given."""
+    if platform.settings.auth_mode != "embedded":
+        return
+    known = {u.username for u in platform.settings.users}
+    wanted = [m.username for m in members if m.username not in known]
+    enabled = set(session.scalars(select(User.username).where(User.username.in_(wanted), User.disabled.is_(False))))
+    for index, member in enumerate(members):
+        if member.username in wanted and member.username not in enabled:
+            raise ApiError(422, "validation_error", f"members.{index}.username: '{member.username}' is not an "
+                           "enabled user of this site", field=f"members.{index}.username")
+
+
+def active_grants(session: Session, project_id: str, today: str) -> int:
+    return session.scalar(select(func.count()).select_from(Grant).where(
+        Grant.project_id == project_id, Grant.status == ACTIVE_GRANT, Grant.expiry >= today)) or 0
 
 
 def create(platform: Platform, principal: Principal, spec: ProjectSpec) -> dict[str, Any]:
@@ -110,7 +144,8 @@ def create(platform: Platform, principal: Principal, spec: ProjectSpec) -> dict[
 
     def apply(session: Session) -> dict[str, Any]:
         if session.get(Project, spec.id) is not None:
-            raise ApiError(409, "project_exists", f"id: a project '{spec.id}' already exists", field="id")
+            raise ApiError(409, "project_exists", f"id: the name '{spec.id}' is taken; choose another", field="id")
+        _require_users(session, platform, spec.members)
         now = iso(utcnow())
         project = Project(id=spec.id, title=spec.title, description=spec.description, purpose=spec.purpose.value,
                           legal_basis=spec.legal_basis.value if spec.legal_basis else None,
@@ -138,6 +173,14 @@ def change(platform: Platform, principal: Principal, project_id: str, changes: P
         project = get_visible(session, principal, project_id)
         if role_of(session, project_id, principal.username) != OWNER:
             raise forbidden("only the project's owners change it")
+        removed = sorted(k for k in ("legal_basis", "dpia_reference") if k in provided and provided[k] is None
+                         and getattr(project, k) is not None)
+        if removed:
+            relying = active_grants(session, project_id, utcnow().date().isoformat())
+            if relying:
+                raise ApiError(409, "grants_rely_on_it", f"{removed[0]}: {relying} active grant(s) of project "
+                               f"'{project_id}' were decided on it; it cannot be removed while they last",
+                               field=removed[0], grants=relying)
         for name in ("title", "description", "dpia_reference"):
             if name in provided:
                 setattr(project, name, provided[name])
@@ -155,6 +198,7 @@ def change(platform: Platform, principal: Principal, project_id: str, changes: P
             members = _check_members(changes.members or [], principal.username)
             if not any(m.role == OWNER for m in members):
                 raise ApiError(422, "validation_error", "members: a project keeps at least one owner", field="members")
+            _require_users(session, platform, changes.members or [])
             session.query(ProjectMember).filter(ProjectMember.project_id == project_id).delete()
             session.add_all(ProjectMember(project_id=project_id, username=m.username, role=m.role) for m in members)
         project.version += 1

@@ -25,16 +25,19 @@ from typing import IO, Any
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from catalog.fields import INT64_MAX, Line
 from catalog.model import SourceSpec
 from catalog.vocab import AccessMode, ColumnRole, ColumnType
+from connectors.aggregate import check_request
 from connectors.base import Connector, ConnectorError, DataError
 from connectors.pseudonyms import Pseudonymiser, project_key
 from connectors.registry import open_connector
 from controller.audit.canonical import canonical
 from controller.audit.log import Event
 from controller.digests import file_sha256
-from controller.errors import ApiError
+from controller.errors import ApiError, validation_problems
 from controller.store import iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,19 +45,61 @@ log = logging.getLogger(__name__)
 DATA_FILE = "data.parquet"
 MANIFEST = "manifest.json"
 SCAN_ROWS = 1 << 20  # large batches: pseudonymisation hashes each batch's distinct values once
-DEFAULTS: dict[AccessMode, dict[str, Any]] = {
-    AccessMode.generalised: {"k": 5},
-    AccessMode.aggregated: {"threshold": 10, "measures": []},
-    AccessMode.synthetic: {"seed": 0},
+MAX_SYNTHETIC_ROWS = 10_000_000
+
+
+class _Parameters(BaseModel):
+    """What a mode takes, each bounded: a value no build could use is refused here with the
+    parameter named, before anything is read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _NoParameters(_Parameters):
+    pass
+
+
+class GeneralisedParameters(_Parameters):
+    k: int = Field(5, ge=2, le=1_000_000, description="k-anonymity: every class holds at least k records")
+
+
+class AggregatedParameters(_Parameters):
+    dimensions: list[Line] = Field(min_length=1, max_length=20, description="Columns to group by")
+    measures: list[Line] = Field([], max_length=100, description="Numeric columns summed and averaged")
+    threshold: int = Field(10, ge=1, le=1_000_000, description="Smallest count published")
+
+
+class SyntheticParameters(_Parameters):
+    size: int | None = Field(None, strict=True, ge=1, le=MAX_SYNTHETIC_ROWS, description="Rows to draw")
+    seed: int = Field(0, strict=True, ge=0, le=INT64_MAX, description="Seed of the generator")
+
+
+PARAMETERS: dict[AccessMode, type[_Parameters]] = {
+    AccessMode.raw: _NoParameters,
+    AccessMode.minimised: _NoParameters,
+    AccessMode.pseudonymised: _NoParameters,
+    AccessMode.generalised: GeneralisedParameters,
+    AccessMode.aggregated: AggregatedParameters,
+    AccessMode.synthetic: SyntheticParameters,
 }
-ALLOWED_PARAMETERS: dict[AccessMode, set[str]] = {
-    AccessMode.raw: set(),
-    AccessMode.minimised: set(),
-    AccessMode.pseudonymised: set(),
-    AccessMode.generalised: {"k"},
-    AccessMode.aggregated: {"dimensions", "measures", "threshold"},
-    AccessMode.synthetic: {"size", "seed"},
-}
+
+
+def _bad(field_name: str, message: str) -> ApiError:
+    return ApiError(422, "validation_error", f"{field_name}: {message}", field=field_name)
+
+
+def parameters_of(mode: AccessMode, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The mode's parameters with their defaults, or a 422 naming the first one at fault."""
+    try:
+        checked = PARAMETERS[mode].model_validate(dict(given))
+    except ValidationError as exc:
+        problem = validation_problems(exc)[0]
+        name = problem["field"] if problem["field"] != "body" else ""
+        where = f"parameters.{name}" if name else "parameters"
+        if problem["message"].startswith("Extra inputs"):
+            raise _bad(where, f"not a parameter of the {mode} mode") from None
+        raise _bad(where, problem["message"]) from None
+    return checked.model_dump(exclude_none=True)
 
 
 @dataclass(frozen=True)
@@ -74,13 +119,10 @@ def request_for_grant(grant: Any, parameters: Mapping[str, Any]) -> ViewRequest:
     the policy's, and cannot be lowered."""
     mode = AccessMode(grant.mode)
     chosen = {k: v for k, v in parameters.items() if k not in ("k", "threshold")}
-    fixed = {k: grant.parameters[k] for k in ("k", "threshold") if k in grant.parameters and k in ALLOWED_PARAMETERS[mode]}
+    fixed = {k: grant.parameters[k] for k in ("k", "threshold")
+             if k in grant.parameters and k in PARAMETERS[mode].model_fields}
     return ViewRequest(source=grant.source_id, mode=mode, project=grant.project_id, columns=list(grant.columns),
                        parameters={**chosen, **fixed}, grant=grant.id, decision_id=grant.decision_id)
-
-
-def _bad(field_name: str, message: str) -> ApiError:
-    return ApiError(422, "validation_error", f"{field_name}: {message}", field=field_name)
 
 
 def plan(spec: SourceSpec, request: ViewRequest, *, source_version: int, document_sha256: str) -> dict[str, Any]:
@@ -98,10 +140,7 @@ def plan(spec: SourceSpec, request: ViewRequest, *, source_version: int, documen
             raise _bad(f"columns.{index}", f"source '{spec.id}' has no column '{name}'")
     if len(set(requested)) != len(requested):
         raise _bad("columns", "a column is listed twice")
-    unknown = set(request.parameters) - ALLOWED_PARAMETERS[mode]
-    if unknown:
-        raise _bad(f"parameters.{sorted(unknown)[0]}", f"not a parameter of the {mode} mode")
-    parameters = {**DEFAULTS.get(mode, {}), **dict(request.parameters)}
+    parameters = parameters_of(mode, request.parameters)
     identifiers = [n for n in requested if roles[n].role is ColumnRole.identifier]
     if mode is AccessMode.raw:
         columns = requested
@@ -113,34 +152,23 @@ def plan(spec: SourceSpec, request: ViewRequest, *, source_version: int, documen
         parameters["dropped"] = identifiers
     if not columns:
         raise _bad("columns", f"nothing left to show once identifiers are removed in the {mode} mode")
-    if mode is AccessMode.generalised:
-        k = parameters["k"]
-        if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-            raise _bad("parameters.k", "k is a whole number of at least 2")
     if mode is AccessMode.aggregated:
-        dims = parameters.get("dimensions")
-        if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
-            raise _bad("parameters.dimensions", "give the dimensions to group by (a list of column names)")
-        for name in [*dims, *parameters["measures"]]:
+        dims, measures = parameters["dimensions"], parameters["measures"]
+        for name in dims:
             if name not in columns:
                 raise _bad("parameters.dimensions", f"'{name}' is not among the view's columns")
-        for name in parameters["measures"]:
+        for name in measures:
+            if name not in columns:
+                raise _bad("parameters.measures", f"'{name}' is not among the view's columns")
             if roles[name].type not in (ColumnType.int64, ColumnType.float64):
                 raise _bad("parameters.measures", f"'{name}' is not numeric")
-        threshold = parameters["threshold"]
-        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
-            raise _bad("parameters.threshold", "the threshold is a whole number of at least 1")
-        from connectors.aggregate import check_request
-
         try:  # too many dimensions, a reserved output name: the request's fault, found before reading
-            check_request(dims, list(parameters["measures"]), threshold)
+            check_request(dims, measures, parameters["threshold"])
         except ValueError as exc:
             raise _bad("parameters.dimensions", str(exc)) from None
-        columns = [*dims, *parameters["measures"]]
+        columns = [*dims, *measures]
     if mode is AccessMode.synthetic:
-        size = parameters.setdefault("size", spec.number_of_records or 1000)
-        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 10_000_000:
-            raise _bad("parameters.size", "size is a whole number from 1 to 10,000,000")
+        parameters.setdefault("size", min(spec.number_of_records or 1000, MAX_SYNTHETIC_ROWS))
     content = {
         "source": spec.id, "source_version": source_version, "document_sha256": document_sha256,
         "mode": mode.value, "columns": columns, "parameters": parameters, "project": request.project,

@@ -3,7 +3,8 @@
 # Entry point: data.bulles.bubble.profile, defined for every input. The bubble may reach the
 # internet only when every grant it carries is open data; resources are the requested values
 # clamped to the reference maxima (defaults when absent); it expires no later than the project
-# end and the earliest grant expiry.
+# end and the earliest grant expiry (`expires`, a last day), nor after `lifetime_hours` from its
+# start (counted by the controller, which knows the time of day).
 #
 # As in access.rego, the profile is a function, decide(input, reference data), which the tests
 # call directly (regopy cannot run `with input as ...` tests on policies of this size), and
@@ -55,7 +56,7 @@ decide(x, ref) := {
 	issues := problems(n, s)
 	allowed := count(issues) == 0
 	open_only := all_open(n.grants)
-	until := earliest(expiry_bounds(n, values))
+	until := earliest(expiry_bounds(n))
 	entries := pick(allowed, union({clamped(n, s), network_notes(n, open_only), expiry_note(until)}), issues)
 }
 
@@ -285,7 +286,10 @@ network_notes(n, open_only) := union({
 	},
 })
 
-expiry_bounds(n, values) := union({
+# The last day the bubble may run (inclusive): dates only. The lifetime is not among them: `now`
+# is a date, so hours counted from it would end on the wrong day; the controller counts
+# `lifetime_hours` from the moment the bubble starts, and stops it at the earlier of the two.
+expiry_bounds(n) := union({
 	{[n.end_ns, "the project end"] | n.end_ns != null},
 	{[t, by] |
 		some g in n.grants
@@ -293,12 +297,6 @@ expiry_bounds(n, values) := union({
 		t := date_ns(g.expiry)
 		t != null
 		by := concat("", ["the grant of ", grant_name(g)])
-	},
-	# The last day of the bubble's lifetime, counted from the start of `now` (a date).
-	{[t, "its lifetime"] |
-		n.now_ns != null
-		is_number(values.lifetime_hours)
-		t := n.now_ns + ((values.lifetime_hours * 3600) * 1000000000)
 	},
 })
 

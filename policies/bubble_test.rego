@@ -154,10 +154,13 @@ test_maxima_come_from_reference_data if {
 
 # ------------------------------------------------------------------ lifetime and expiry
 
-test_expires_after_the_lifetime if {
-	i := bubble_input([open_grant], {"lifetime_hours": 72})
+# The lifetime is counted in hours from the start by the controller: `now` is only a date, so
+# the last day comes from the project and the grants alone (8 hours from 19:03 end the next day).
+test_the_lifetime_does_not_set_the_last_day if {
+	i := bubble_input([open_grant], {"lifetime_hours": 8})
 	p := decide(i)
-	p.expires == "2026-11-25"
+	p.lifetime_hours == 8
+	p.expires == "2027-06-30"
 	has_reason(p, "expiry")
 }
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import Site, example
+from controller.api.sources import SOURCE_BODY_BYTES
 from controller.config import FileRoot
 
 PUPILS = "eleves-synthetiques"
@@ -123,7 +124,7 @@ def test_oversized_streamed_payload_without_length_is_refused(site: Site) -> Non
 
     from controller.api.app import create_app
 
-    limit, chunk = site.platform.settings.max_body_bytes, 64 * 1024
+    limit, chunk = SOURCE_BODY_BYTES, 16 * 1024
     total = limit // chunk + 20
     sent: list[int] = []
 
@@ -318,7 +319,7 @@ def test_system_endpoints(site: Site) -> None:
     ready = site.client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     post(site, example(PUPILS))
-    metrics = site.client.get("/metrics").text
+    metrics = site.client.get("/metrics", headers=site.headers("admin")).text
     assert 'bulles_http_requests_total{method="POST",route="/api/v1/sources",status="201"} 1.0' in metrics
     assert "bulles_audit_appends_total" in metrics
     spec = site.client.get("/api/v1/openapi.json").json()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, func, select, text, update
 from typer.testing import CliRunner
 
-from controller.audit.log import AuditLog, Event
+from controller.audit.log import AuditLog, Event, EventNotRecorded
 from controller.audit.verify import verify
 from controller.cli import app as cli
 from controller.home import SIGNING_PUB, load_public_key
@@ -90,6 +90,68 @@ def test_state_change_and_event_commit_together_or_not_at_all(platform: Platform
         assert s.get(Organisation, "org-a") is not None
         assert s.get(Organisation, "org-b") is None  # rolled back to its savepoint
         assert [e.subject_id for e in s.scalars(select(AuditEvent))] == ["org-a"]
+
+
+def _org(org_id: str):
+    def apply(session):
+        session.add(Organisation(id=org_id, name=org_id, created_at="2026-01-01T00:00:00.000000Z"))
+        return org_id
+
+    return apply
+
+
+def _refuse(_result):
+    raise RuntimeError("the event factory failed")
+
+
+def test_a_change_whose_event_cannot_be_recorded_is_rolled_back_alone(platform: Platform) -> None:
+    """An event exists if and only if its change does: when the event of a change that succeeded
+    cannot be built (its factory fails), encoded (a number canonical JSON cannot hold) or stored
+    (a subject the column cannot take), the change is rolled back with it, its caller gets
+    EventNotRecorded, and the rest of the same group commit is committed."""
+    batches: list[int] = []
+    writer = AuditLog(platform.engine, origin="bulles/local", on_batch=batches.append)
+    submitted = {
+        "org-ok-1": writer.submit(Event("user:t", "org.created", "organisation", "org-ok-1"), _org("org-ok-1")),
+        "org-factory": writer.submit(_refuse, _org("org-factory")),
+        "org-huge": writer.submit(Event("user:t", "org.created", "organisation", "org-huge", {"n": 2**64}),
+                                  _org("org-huge")),
+        "org-nan": writer.submit(Event("user:t", "org.created", "organisation", "org-nan", {"x": float("nan")}),
+                                 _org("org-nan")),
+        "org-nul": writer.submit(Event("user:t", "org.created", "organisation", "org-\x00nul"), _org("org-nul")),
+        "org-long": writer.submit(Event("user:t", "org.created", "organisation", "x" * 129), _org("org-long")),
+        "org-surrogate": writer.submit(Event("user:t", "org.created", "organisation", "org-s",
+                                             {"name": "\ud800"}), _org("org-surrogate")),
+        "org-ok-2": writer.submit(lambda created: Event("user:t", "org.created", "organisation", created),
+                                  _org("org-ok-2")),
+    }
+    writer.start()  # everything was queued before the writer started: one group commit
+    try:
+        for org_id, future in submitted.items():
+            if org_id.startswith("org-ok"):
+                assert future.result(30).result == org_id
+            else:
+                with pytest.raises(EventNotRecorded, match="nothing was changed"):
+                    future.result(30)
+    finally:
+        writer.close(final_checkpoint=False)
+    assert batches == [2]
+    with platform.sessions() as s:
+        assert sorted(s.scalars(select(Organisation.id))) == ["org-ok-1", "org-ok-2"]
+        assert [e.subject_id for e in s.scalars(select(AuditEvent).order_by(AuditEvent.seq))] == ["org-ok-1", "org-ok-2"]
+    platform.audit.append(Event("user:t", "test.event", "thing", "after"))  # the site's writer catches up
+    platform.audit.checkpoint()
+    report = check(platform)
+    assert report.ok, report.problem
+
+
+def test_an_event_without_a_change_that_cannot_be_encoded_is_refused_alone(platform: Platform) -> None:
+    good = platform.audit.submit(Event("user:t", "test.event", "thing", "1"))
+    bad = platform.audit.submit(Event("user:t", "test.event", "thing", "2", {"n": -(2**63) - 1}))
+    assert good.result(10).seq == 1
+    with pytest.raises(EventNotRecorded):
+        bad.result(10)
+    assert platform.audit.append(Event("user:t", "test.event", "thing", "3")).seq == 2
 
 
 def test_a_second_writer_on_the_same_database_does_not_fork_the_log(platform: Platform) -> None:

@@ -9,29 +9,30 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from catalog.fields import Line
 from catalog.vocab import Role
 from controller import accounts
-from controller.api.deps import platform, principal, require, session
+from controller.api.deps import SMALL_BODY_BYTES, platform, principal, require, session
 from controller.auth import Principal
 from controller.errors import ApiError, not_found
 from controller.platform import Platform
 from controller.store import Organisation
 
-router = APIRouter(prefix="/api/v1", tags=["accounts"])
+router = APIRouter(prefix="/api/v1", tags=["accounts"], max_body_size=SMALL_BODY_BYTES)
 admin = require(Role.admin)
 
 
 class OrganisationBody(BaseModel):
-    id: str
-    name: str = Field(min_length=1, max_length=300)
-    homepage: str | None = Field(None, pattern=r"^https?://\S+$")
-    email: str | None = Field(None, max_length=320)
+    id: Line = Field(max_length=64)
+    name: Line = Field(min_length=1, max_length=300)
+    homepage: Line | None = Field(None, pattern=r"^https?://\S+$", max_length=500)
+    email: Line | None = Field(None, max_length=320)
 
 
 class UserBody(BaseModel):
-    username: str
-    roles: list[str] = Field(min_length=1)
-    organisation: str | None = None
+    username: Line = Field(max_length=64)
+    roles: list[Line] = Field(min_length=1, max_length=len(Role))
+    organisation: Line | None = Field(None, max_length=64)
 
 
 class DisableBody(BaseModel):
@@ -44,12 +45,12 @@ def whoami(caller: Principal = Depends(principal)) -> dict[str, Any]:
             "via": caller.via}
 
 
-@router.get("/organisations", summary="Organisations of this site")
+@router.get("/organisations", summary="Organisations of this site: the catalog's publishers (public, like the catalog)")
 def organisations(db: Session = Depends(session)) -> list[dict[str, Any]]:
     return accounts.list_organisations(db)
 
 
-@router.get("/organisations/{org_id}", summary="One organisation")
+@router.get("/organisations/{org_id}", summary="One organisation (public, like the catalog)")
 def organisation(org_id: str, db: Session = Depends(session)) -> dict[str, Any]:
     org = db.get(Organisation, org_id)
     if org is None:

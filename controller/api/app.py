@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote_plus
 
+import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.concurrency import run_in_threadpool
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from catalog.fields import forbidden_character
 from catalog.model import SourceSpec
 from controller import errors
 from controller import gateway
@@ -36,6 +37,7 @@ class BodyLimit:
             return
         seen = 0
         refused = False
+        send = self._in_our_format(scope, send)
 
         async def counting_receive() -> Message:
             nonlocal seen, refused
@@ -52,29 +54,66 @@ class BodyLimit:
         except _TooLarge:
             await self._refuse(send)
 
-    async def _refuse(self, send: Send) -> None:
-        import orjson
+    @staticmethod
+    def _in_our_format(scope: Scope, send: Send) -> Send:
+        """An endpoint's own limit (`max_body_size`) is enforced by Starlette, which answers a
+        declared oversized body in plain text: the same refusal in this API's JSON, naming it."""
+        replaced = False
 
-        body = orjson.dumps({"error": {"code": "payload_too_large",
-                                       "message": f"request body over the limit of {self.limit} bytes"}})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        async def send_json(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                kind = dict(message.get("headers") or []).get(b"content-type", b"")
+                if not kind.startswith(b"application/json"):
+                    replaced = True
+                    limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY, "its")
+                    await _send_error(send, 413, "payload_too_large",
+                                      f"request body over this endpoint's limit of {limit} bytes")
+                    return
+            if not replaced:
+                await send(message)
+
+        return send_json
+
+    async def _refuse(self, send: Send) -> None:
+        await _send_error(send, 413, "payload_too_large", f"request body over the limit of {self.limit} bytes")
 
 
 class _TooLarge(Exception):
     pass
 
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    await run_in_threadpool(app.state.gate.close)  # the gateway's pending counts of refusals go in the log before it closes
+class PlainUrls:
+    """Refuse a URL whose decoded path or query holds a control character (NUL, line breaks,
+    bidirectional overrides) before anything routes it: no id, name or filter of this API has
+    one, and such characters would otherwise reach the database (PostgreSQL text cannot hold
+    NUL) or the audit log through every endpoint that takes an id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            query = unquote_plus(scope.get("query_string", b"").decode("latin-1"), errors="replace")
+            found = forbidden_character(scope["path"]) or forbidden_character(query)
+            if found is not None:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await _send_error(send, 400, "invalid_url", f"the URL holds the control character {found}")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
-        lifespan=_lifespan,
         title="bulles",
         version="0.1.0",
         summary="Secure per-project processing bubbles for sensitive education data",
@@ -90,6 +129,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.state.gate = gateway.Gate(platform)
     app.add_middleware(MetricsMiddleware, metrics=platform.metrics)
     app.add_middleware(BodyLimit, limit=platform.settings.max_body_bytes)
+    app.add_middleware(PlainUrls)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -5,23 +5,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import PlainTextResponse
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from catalog.fields import INT64_MAX
 from catalog.vocab import Role
-from controller.api.deps import platform, require, session
+from controller.api.deps import SMALL_BODY_BYTES, platform, require, session
 from controller.audit.log import checkpoint_dict, event_dict, time_bound
 from controller.auth import Principal
 from controller.errors import ApiError, not_found
 from controller.platform import Platform
 from controller.store import AuditEvent, Checkpoint
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], max_body_size=SMALL_BODY_BYTES)
 auditor = require(Role.auditor)
+Seq = Annotated[int, Path(ge=1, le=INT64_MAX, description="Sequence number of an event")]
 
 
 @router.get("/events", summary="Events, oldest first, with filters")
@@ -32,7 +34,7 @@ def events(
     subject_id: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     _: Principal = Depends(auditor),
     db: Session = Depends(session),
@@ -59,7 +61,7 @@ def events(
 
 
 @router.get("/events/{seq}", summary="One event")
-def event(seq: int, _: Principal = Depends(auditor), db: Session = Depends(session)) -> dict[str, Any]:
+def event(seq: Seq, _: Principal = Depends(auditor), db: Session = Depends(session)) -> dict[str, Any]:
     row = db.get(AuditEvent, seq)
     if row is None:
         raise not_found("event", str(seq))
@@ -68,8 +70,8 @@ def event(seq: int, _: Principal = Depends(auditor), db: Session = Depends(sessi
 
 @router.get("/events/{seq}/proof", summary="RFC 6962 inclusion proof of an event in a checkpoint")
 def proof(
-    seq: int,
-    checkpoint: Annotated[int | None, Query(description="Checkpoint id; the latest by default")] = None,
+    seq: Seq,
+    checkpoint: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="Checkpoint id; the latest by default")] = None,
     _: Principal = Depends(auditor),
     db: Session = Depends(session),
     site: Platform = Depends(platform),
@@ -88,7 +90,7 @@ def proof(
 
 @router.get("/consistency", summary="RFC 6962 consistency proof between two tree sizes")
 def consistency(
-    first: Annotated[int, Query(ge=1)], second: Annotated[int, Query(ge=1)],
+    first: Annotated[int, Query(ge=1, le=INT64_MAX)], second: Annotated[int, Query(ge=1, le=INT64_MAX)],
     _: Principal = Depends(auditor), site: Platform = Depends(platform),
 ) -> dict[str, Any]:
     if first > second or second > site.audit.size:

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from catalog.vocab import Role
 from controller import gateway, projects
-from controller.api.deps import platform, principal, session
+from controller.api.deps import SMALL_BODY_BYTES, platform, principal, session
 from controller.auth import Principal
 from controller.bubbles import BubbleBody, Bubbles, describe
 from controller.errors import ApiError
@@ -21,7 +21,7 @@ from controller.platform import Platform
 from controller.runtimes.base import RUNNING
 from controller.store import Bubble, ProjectMember
 
-router = APIRouter(prefix="/api/v1", tags=["bubbles"])
+router = APIRouter(prefix="/api/v1", tags=["bubbles"], max_body_size=SMALL_BODY_BYTES)
 
 
 def lifecycle(site: Platform = Depends(platform)) -> Bubbles:

@@ -13,7 +13,12 @@ from controller.auth import Principal
 from controller.errors import ApiError, forbidden
 from controller.platform import Platform
 
-_bearer = HTTPBearer(auto_error=False, description="An embedded API token or an OpenID Connect access token")
+# Most bodies are a few fields: 64 KiB unless an endpoint declares more (`max_body_size`); the
+# site's `max_body_bytes` bounds every request besides.
+SMALL_BODY_BYTES = 64 * 1024
+# Bodies that may list up to a few thousand column names or paths, or hold long free text.
+LIST_BODY_BYTES = 512 * 1024
+bearer = HTTPBearer(auto_error=False, description="An embedded API token or an OpenID Connect access token")
 
 
 def platform(request: Request) -> Platform:
@@ -26,7 +31,7 @@ def session(request: Request) -> Iterator[Session]:
 
 
 def optional_principal(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> Principal | None:
     if credentials is None:
         return None

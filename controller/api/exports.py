@@ -9,19 +9,19 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import platform, principal
+from controller.api.deps import LIST_BODY_BYTES, SMALL_BODY_BYTES, platform, principal
 from controller.auth import Principal
 from controller.exports import ExportBody, Exports, ReasonBody, ResubmitBody, VoteBody
 from controller.platform import Platform
 
-router = APIRouter(prefix="/api/v1", tags=["exports"])
+router = APIRouter(prefix="/api/v1", tags=["exports"], max_body_size=SMALL_BODY_BYTES)
 
 
 def airlock(site: Platform = Depends(platform)) -> Exports:
     return site.exports
 
 
-@router.post("/exports", status_code=202, summary="Ask to export files or folders of a bubble's outbox "
+@router.post("/exports", status_code=202, max_body_size=LIST_BODY_BYTES, summary="Ask to export files or folders of a bubble's outbox "
              "(copied to quarantine at once, then checked)")
 async def request_export(body: ExportBody, caller: Principal = Depends(principal),
                          exports: Exports = Depends(airlock)) -> JSONResponse:
@@ -48,7 +48,7 @@ async def vote(request_id: str, body: VoteBody, caller: Principal = Depends(prin
     return await run_in_threadpool(exports.vote, caller, request_id, body)
 
 
-@router.post("/exports/{request_id}/resubmit", status_code=202, summary="After changes were asked: take the files "
+@router.post("/exports/{request_id}/resubmit", status_code=202, max_body_size=LIST_BODY_BYTES, summary="After changes were asked: take the files "
              "again from the outbox for a new round of checks and review")
 async def resubmit(request_id: str, body: ResubmitBody, caller: Principal = Depends(principal),
                    exports: Exports = Depends(airlock)) -> JSONResponse:

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from catalog.vocab import Role
 from controller import access, projects
 from controller.access import AccessRequestBody, ReviewBody, RevokeBody
-from controller.api.deps import platform, principal, require, session
+from controller.api.deps import LIST_BODY_BYTES, SMALL_BODY_BYTES, platform, principal, require, session
 from controller.auth import Principal
 from controller.errors import not_found
 from controller.platform import Platform
@@ -19,10 +19,10 @@ from controller.projects import ProjectChanges, ProjectSpec
 from controller.store import DecisionInput, DecisionRecord
 from controller.visibility import redact
 
-router = APIRouter(prefix="/api/v1", tags=["projects and access"])
+router = APIRouter(prefix="/api/v1", tags=["projects and access"], max_body_size=SMALL_BODY_BYTES)
 
 
-@router.post("/projects", status_code=201, summary="Create a project (the creator becomes its owner)")
+@router.post("/projects", status_code=201, max_body_size=LIST_BODY_BYTES, summary="Create a project (the creator becomes its owner)")
 async def create_project(spec: ProjectSpec, caller: Principal = Depends(principal),
                          site: Platform = Depends(platform)) -> dict[str, Any]:
     return await run_in_threadpool(projects.create, site, caller, spec)
@@ -38,13 +38,13 @@ def get_project(project_id: str, caller: Principal = Depends(principal), db: Ses
     return projects.view(db, projects.get_visible(db, caller, project_id))
 
 
-@router.patch("/projects/{project_id}", summary="Change a project (owners); shortening it shortens its grants")
+@router.patch("/projects/{project_id}", max_body_size=LIST_BODY_BYTES, summary="Change a project (owners); shortening it shortens its grants")
 async def change_project(project_id: str, changes: ProjectChanges, caller: Principal = Depends(principal),
                          site: Platform = Depends(platform)) -> dict[str, Any]:
     return await run_in_threadpool(projects.change, site, caller, project_id, changes)
 
 
-@router.post("/projects/{project_id}/access-requests", status_code=201,
+@router.post("/projects/{project_id}/access-requests", status_code=201, max_body_size=LIST_BODY_BYTES,
              summary="Ask for a source; `bulles.access` decides at once (granted, pending review or denied)")
 async def request_access(project_id: str, body: AccessRequestBody, caller: Principal = Depends(principal),
                          site: Platform = Depends(platform)) -> dict[str, Any]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import text
 
-from controller.api.deps import platform
+from catalog.vocab import Role
+from controller.api.deps import bearer, platform
+from controller.auth import hash_token
+from controller.errors import ApiError, forbidden
 from controller.platform import Platform
 
 router = APIRouter(tags=["system"])
@@ -31,6 +37,16 @@ def readyz(site: Platform = Depends(platform)) -> Response:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(site: Platform = Depends(platform)) -> Response:
+@router.get("/metrics", summary="Prometheus metrics (admins, or the site's metrics token)", response_class=Response)
+def metrics(site: Platform = Depends(platform),
+            credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+    """Request counts by route and status, audit throughput: operational, not public. A scraper
+    sends the token whose SHA-256 is `metrics_token_sha256` (it opens nothing else); an admin's
+    token also works."""
+    if credentials is None:
+        raise ApiError(401, "unauthenticated", "this endpoint needs a bearer token")
+    expected = site.settings.metrics_token_sha256
+    if not (expected and hmac.compare_digest(hash_token(credentials.credentials), expected)):
+        if not site.authenticate(credentials.credentials).has(Role.admin):
+            raise forbidden("metrics are read with the site's metrics token or an admin's")
     return Response(site.metrics.render(), media_type="text/plain; version=0.0.4")

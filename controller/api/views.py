@@ -11,16 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from catalog.fields import Line
 from catalog.model import SourceSpec
 from catalog.vocab import AccessMode, Role
 from controller import access, projects, sources, views
-from controller.api.deps import platform, principal, require, session
+from controller.api.deps import LIST_BODY_BYTES, platform, principal, require, session
 from controller.auth import Principal
 from controller.errors import ApiError, forbidden, not_found
 from controller.platform import Platform
 from controller.visibility import sees_location
 
-router = APIRouter(prefix="/api/v1", tags=["views"])
+router = APIRouter(prefix="/api/v1", tags=["views"], max_body_size=LIST_BODY_BYTES)
 
 
 class ViewBody(BaseModel):
@@ -29,13 +30,13 @@ class ViewBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    grant: str | None = None
-    source: str | None = None
+    grant: Line | None = Field(None, max_length=64)
+    source: Line | None = Field(None, max_length=64)
     mode: AccessMode | None = None
-    project: str | None = Field(None, min_length=1, max_length=128)
-    columns: list[str] | None = None
-    parameters: dict[str, Any] = {}
-    decision_id: str | None = None
+    project: Line | None = Field(None, min_length=1, max_length=128)
+    columns: list[Line] | None = Field(None, max_length=2000)
+    parameters: dict[Line, Any] = Field({}, max_length=10, description="What the mode takes (see the views section)")
+    decision_id: Line | None = Field(None, max_length=64)
 
 
 def _request(body: ViewBody, caller: Principal, db: Session) -> views.ViewRequest:

@@ -1,13 +1,16 @@
 """Canonical JSON for audit entries.
 
 An entry is hashed as bytes, so the same event must always serialise to the same bytes on
-every machine: keys sorted, no whitespace, UTF-8, no NaN or infinities (orjson refuses them).
+every machine: keys sorted, no whitespace, UTF-8, integers within 64 bits (orjson refuses
+others), no NaN or infinities (orjson would write them as null, silently recording something
+else than what was given: they are refused here).
 The entry is rebuilt from the stored columns at verification time; any change to any column
 changes the bytes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -16,7 +19,21 @@ _OPTS = orjson.OPT_SORT_KEYS
 
 
 def canonical(value: Any) -> bytes:
+    _refuse_non_finite(value)
     return orjson.dumps(value, option=_OPTS)
+
+
+def _refuse_non_finite(value: Any) -> None:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{item!r} has no canonical JSON form")
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
 
 
 def entry_bytes(

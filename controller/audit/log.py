@@ -4,8 +4,10 @@ Callers submit an event and, optionally, the state change it records (`apply`, r
 SAVEPOINT of the writer's transaction). The writer takes everything queued (up to
 `batch_max`), assigns sequence numbers, chains hashes and commits once; each caller is
 answered only after that commit, so an acknowledged event is durable, and an event exists if
-and only if its state change does. A change that fails (constraint, conflict) is rolled back
-to its savepoint and its caller gets the exception; the rest of the batch goes on.
+and only if its state change does. The event is built and encoded inside the change's
+savepoint: a change that fails (constraint, conflict), or whose event cannot be built or
+encoded (`EventNotRecorded`), is rolled back to its savepoint and its caller gets the
+exception; the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -101,6 +104,7 @@ class AuditLog:
         self._size = 0
         self._head = GENESIS
         self._last_checkpoint_size = 0
+        self._closers: list[Callable[[], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> "AuditLog":
@@ -109,8 +113,20 @@ class AuditLog:
         self._thread.start()
         return self
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the log closes, before its last events are drained (an aggregator
+        appends the counts it holds)."""
+        self._closers.append(callback)
+
     def close(self, *, final_checkpoint: bool = True) -> None:
         """Drain what is queued, sign a last checkpoint if anything is new, stop the writer."""
+        if self._closed:
+            return
+        for callback in self._closers:
+            try:
+                callback()
+            except Exception:  # one failing hook must not keep the log from closing
+                log.exception("audit log close hook failed")
         with self._lock:
             if self._closed:
                 return
@@ -253,38 +269,26 @@ class AuditLog:
                     if item.checkpoint:
                         continue
                     result = None
-                    if item.apply is not None:
-                        try:
+                    try:
+                        if item.apply is None:
+                            row = _row(item.event, None, seq + 1)
+                        else:
+                            # The event is built and encoded inside the change's savepoint: if
+                            # either fails, both are rolled back, and the change never commits
+                            # without the event that records it.
                             with session.begin_nested():
                                 result = item.apply(session)
                                 session.flush()
-                        except Exception as exc:  # the caller's own failure, reported to it
-                            failed.append((item, exc))
-                            continue
-                    try:
-                        event = item.event(result) if callable(item.event) else item.event
-                        details = canonical(dict(event.details)).decode()
-                    except Exception as exc:
+                                row = _row(item.event, result, seq + 1)
+                    except Exception as exc:  # the caller's own failure, reported to it
                         failed.append((item, exc))
                         continue
                     seq += 1
-                    ts = iso(utcnow())
-                    entry = entry_bytes(
-                        seq, ts, event.actor, event.action, event.subject_type, event.subject_id,
-                        event.decision_id, event.policy_revision, details,
-                    )
-                    leaf = sha256(b"\x00" + entry).digest()
+                    leaf = sha256(b"\x00" + row.pop("entry")).digest()
                     head = sha256(head + leaf).digest()
                     self.tree.append(leaf)
-                    rows.append(
-                        {
-                            "seq": seq, "ts": ts, "actor": event.actor, "action": event.action,
-                            "subject_type": event.subject_type, "subject_id": event.subject_id,
-                            "decision_id": event.decision_id, "policy_revision": event.policy_revision,
-                            "details": details, "leaf_hash": leaf, "chain_hash": head,
-                        }
-                    )
-                    acks.append((item, Appended(seq, ts, head, result)))
+                    rows.append({**row, "leaf_hash": leaf, "chain_hash": head})
+                    acks.append((item, Appended(seq, row["ts"], head, result)))
                 if rows:
                     session.connection().execute(insert(AuditEvent.__table__), rows)
                 wants_checkpoint = periodic_checkpoint and seq > self._last_checkpoint_size
@@ -294,15 +298,15 @@ class AuditLog:
                         wants_checkpoint = wants_checkpoint or seq > floor
                 if wants_checkpoint:
                     signed = cp.sign(self._key, self.origin, seq, self.tree.root(seq), head)
-                    row = Checkpoint(
+                    checkpoint_row = Checkpoint(
                         size=seq, root=signed.root, chain_head=head, origin=self.origin,
                         ts=iso(utcnow()), key_id=signed.key_id, signature=signed.signature,
                     )
-                    session.add(row)
+                    session.add(checkpoint_row)
                     session.flush()
                     for item in batch:
                         if item.checkpoint:
-                            acks.append((item, row))
+                            acks.append((item, checkpoint_row))
         except BaseException:
             self.tree.truncate(self._size)
             raise
@@ -318,6 +322,45 @@ class AuditLog:
         for item in batch:  # a checkpoint asked of an empty log, or nothing new at close
             if item.checkpoint and not item.future.done():
                 item.future.set_exception(ValueError("the audit log is empty: nothing to checkpoint"))
+
+
+class EventNotRecorded(RuntimeError):
+    """The event of a change could not be built or encoded; the change was rolled back with it."""
+
+
+# The text columns of an event and their widths in `audit_events`: checked before the row is
+# written, so that one bad event fails alone instead of failing the whole group commit.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_TEXT_COLUMNS = {name: AuditEvent.__table__.c[name].type.length
+                 for name in ("actor", "action", "subject_type", "subject_id", "decision_id", "policy_revision")}
+
+
+def _row(event: EventOrFactory | None, result: Any, seq: int) -> dict[str, Any]:
+    """The stored columns of an event, with its entry bytes (`entry`) to hash; raises
+    EventNotRecorded when the event cannot be built or encoded."""
+    try:
+        built = event(result) if callable(event) else event
+        if not isinstance(built, Event):
+            raise TypeError(f"expected an Event, got {type(built).__name__}")
+        for name, width in _TEXT_COLUMNS.items():
+            value = getattr(built, name)
+            if value is None and name in ("decision_id", "policy_revision"):
+                continue
+            if not isinstance(value, str) or len(value) > width:
+                raise ValueError(f"{name} must be a string of at most {width} characters")
+            if _UNSAFE.search(value):
+                raise ValueError(f"{name} holds a control character or a lone surrogate")
+        details = canonical(dict(built.details)).decode()
+        ts = iso(utcnow())
+        entry = entry_bytes(seq, ts, built.actor, built.action, built.subject_type, built.subject_id,
+                            built.decision_id, built.policy_revision, details)
+    except Exception as exc:
+        raise EventNotRecorded(f"the audit event could not be recorded ({type(exc).__name__}: {exc}); "
+                               "nothing was changed") from exc
+    return {"seq": seq, "ts": ts, "actor": built.actor, "action": built.action,
+            "subject_type": built.subject_type, "subject_id": built.subject_id,
+            "decision_id": built.decision_id, "policy_revision": built.policy_revision,
+            "details": details, "entry": entry}
 
 
 # -- reading -------------------------------------------------------------------------
