@@ -9,7 +9,6 @@ committed together with their audit event.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from typing import Any
 
@@ -37,7 +36,6 @@ from controller.store import (
     utcnow,
 )
 
-log = logging.getLogger(__name__)
 
 PENDING, GRANTED, DENIED, REJECTED = "pending_review", "granted", "denied", "rejected"
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
@@ -255,13 +253,7 @@ def revoke(platform: Platform, principal: Principal, grant_id: str, body: Revoke
             decision_id=view["decision_id"])
 
     revoked = platform.audit.append(event, apply).result
-    # Export requests holding the grant's data are cancelled now, each with its event (a vote
-    # arriving first finds the revocation in its own transaction and cancels instead).
-    if platform.exports is not None:
-        try:
-            platform.exports.cancel_closed()
-        except Exception:  # the revocation stands; the airlock's next pass cancels them
-            log.exception("cancelling the export requests of revoked grant %s failed", grant_id)
+    platform.cancel_closed_exports(f"the revocation of grant {grant_id}")
     return revoked
 
 

@@ -58,6 +58,18 @@ class Platform:
             self._policy_event("policy.loaded", {"revision": self.policy.revision, "previous": self._logged_revision})
         return self.policy.decide(package, document)
 
+    def cancel_closed_exports(self, cause: str) -> None:
+        """Export requests whose data may no longer leave (a grant revoked, a source retired, a
+        project ended) are cancelled at once, each with its event. Called after the change has
+        committed: a failure here leaves the change standing, and a vote or check arriving first
+        finds it in its own transaction and cancels instead (the airlock's pass tries again)."""
+        if self.exports is None:
+            return
+        try:
+            self.exports.cancel_closed()
+        except Exception:
+            log.exception("cancelling the export requests after %s failed; the next pass tries again", cause)
+
     def start(self) -> "Platform":
         remove_unfinished(self.settings.home)  # views a crash left half-built, before any build
         self.audit.start()

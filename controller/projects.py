@@ -208,8 +208,11 @@ def change(platform: Platform, principal: Principal, project_id: str, changes: P
 
     event_details = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in
                      changes.model_dump(mode="json", exclude_unset=True).items()}
-    return platform.audit.append(Event(principal.actor, "project.changed", "project", project_id, event_details),
-                                 apply).result
+    changed = platform.audit.append(Event(principal.actor, "project.changed", "project", project_id, event_details),
+                                    apply).result
+    if "end_date" in provided:
+        platform.cancel_closed_exports(f"the new end of project {project_id}")
+    return changed
 
 
 def visible(session: Session, principal: Principal) -> list[dict[str, Any]]:

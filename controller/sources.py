@@ -141,6 +141,7 @@ def retire(platform: Platform, principal: Principal, source_id: str, reason: str
                            {"publisher": view["spec"]["publisher"], "reason": reason, "version": view["version"]}),
         apply,
     )
+    platform.cancel_closed_exports(f"the retirement of source {source_id}")
     return appended.result
 
 
