@@ -1,6 +1,6 @@
 """gateway tickets used once
 
-Revision ID: 0005_gateway_tickets
+Revision ID: 0005
 Revises: 0004
 """
 
@@ -8,7 +8,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0005_gateway_tickets'
+revision = '0005'
 down_revision = '0004'
 branch_labels = None
 depends_on = None
