@@ -67,6 +67,12 @@ def test_two_sites_never_share_a_uid_or_a_cgroup_and_never_touch_each_other_s_bu
             assert b.status(bubble).state == RUNNING, bubble
             assert cgroup_pids(groups[b.site, bubble]), bubble
         assert b.list() == ["b-only-b", "b-same"]
+        # a's parent went with its last bubble; b's stays while one of its bubbles lives
+        assert not any(Path(c).parent.exists() for c in groups[a.site, "b-same"])
+        b.delete("b-only-b")
+        assert all(Path(c).parent.exists() for c in groups[b.site, "b-same"])
+        b.delete("b-same")
+        assert not any(Path(c).parent.exists() for c in groups[b.site, "b-same"])
     finally:
         for runtime in (a, b):
             for bubble in runtime.list():

@@ -6,7 +6,9 @@ Per-bubble host users also give an RLIMIT_NPROC that counts only that bubble's p
 
 Each site has its own parent cgroup, `bulles-<site>` (the digest of its runtime root), with its
 bubbles' cgroups inside: two sites on one machine never share a parent, so one site's runtime
-never creates, kills in or removes another's cgroups.
+never creates, kills in or removes another's cgroups. The parent goes with the site's last
+bubble (the kernel refuses to remove a cgroup that still has children), so a machine that ran
+many sites keeps no empty ones.
 """
 
 from __future__ import annotations
@@ -62,8 +64,20 @@ def cgroup_plan(version: int, site: str, bubble: str, *, cpu: float, memory_mb: 
     })
 
 
-def apply_cgroups(plan: CgroupPlan) -> list[str]:
-    """Create the cgroups and set their limits; the directories, for placing the sandbox."""
+def apply_cgroups(plan: CgroupPlan, attempts: int = 3) -> list[str]:
+    """Create the cgroups and set their limits; the directories, for placing the sandbox. The
+    site's parent goes with its last bubble (kill_cgroups): one removed between our steps is
+    made again, whole, by the next attempt."""
+    for attempt in range(attempts):
+        try:
+            return _apply_cgroups(plan)
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_cgroups(plan: CgroupPlan) -> list[str]:
     if plan.version == 2:
         wanted = " ".join(f"+{c}" for c in ("memory", "pids", "cpu"))
         for directory in plan.writes:
@@ -113,10 +127,11 @@ def kill_cgroups(cgroups: list[str], timeout: float = 5.0) -> None:
             break
         time.sleep(0.02)
     for directory in cgroups:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
+        for empty in (Path(directory), Path(directory).parent):  # the site's parent too, once it is empty
+            try:
+                os.rmdir(empty)
+            except OSError:  # still in use (another bubble of the site), or gone already
+                break
 
 
 # ------------------------------------------------------------------ the home's own disk
