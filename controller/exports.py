@@ -47,7 +47,7 @@ from catalog.fields import Line, Text
 from catalog.vocab import PERSONAL_SENSITIVITIES, ColumnRole, Role, Sensitivity
 from controller import access, disclosure, projects, sources, views
 from controller.access import _record_decision
-from controller.audit.log import Event
+from controller.audit.log import Event, Events
 from controller.auth import Principal
 from controller.decisions import ExportDecision
 from controller.errors import ApiError, not_found
@@ -295,7 +295,7 @@ class Exports:
         session.flush()
         return result
 
-    def _closing(self, event: Callable[[Any], Event], apply: Callable[[Session], dict[str, Any]]) -> dict[str, Any]:
+    def _closing(self, event: Callable[[Any], Events], apply: Callable[[Session], dict[str, Any]]) -> dict[str, Any]:
         """Append a transition that may turn out to be a cancellation (`_cancelled_if_closed`):
         then the event is `export.cancelled` and the caller's answer a 409 naming the reason."""
         result = self.platform.audit.append(
@@ -723,16 +723,17 @@ class Exports:
             session.flush()
             return view(row, principal.username, full=False)
 
-        def event(result: dict[str, Any]) -> Event:
-            return Event(principal.actor, "export.voted", "export", request_id, {
+        def events(result: dict[str, Any]) -> tuple[Event, ...]:
+            """The vote, and what it decided when it did (a release among them): one transaction."""
+            voted = Event(principal.actor, "export.voted", "export", request_id, {
                 "round": result["round"], "vote": body.vote, "state": result["state"], "votes_in": result["votes_in"]},
                 decision_id=result["decision_id"])
+            if result["state"] == IN_REVIEW:
+                return (voted,)
+            return voted, Event("system:airlock", f"export.{result['state']}", "export", request_id, {
+                "round": result["round"], "by": "review"}, decision_id=result["decision_id"])
 
-        result = self._closing(event, apply)
-        if result["state"] != IN_REVIEW:
-            self.platform.audit.append(Event("system:airlock", f"export.{result['state']}", "export", request_id, {
-                "round": result["round"], "by": "review"}, decision_id=result["decision_id"]))
-        return result
+        return self._closing(events, apply)
 
     def _simple(self, principal: Principal, request_id: str, action: str, allowed: Sequence[str], state: str,
                 who: str, note: str = "") -> dict[str, Any]:

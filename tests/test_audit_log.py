@@ -145,6 +145,26 @@ def test_a_change_whose_event_cannot_be_recorded_is_rolled_back_alone(platform: 
     assert report.ok, report.problem
 
 
+def test_a_change_recorded_by_several_events_commits_with_all_of_them_or_none(platform: Platform) -> None:
+    """A vote that releases is two things to record (the vote, the release): both events are in
+    the change's transaction, numbered one after the other, or neither is, nor the change."""
+    two = platform.audit.append(lambda created: (Event("user:t", "org.created", "organisation", created),
+                                                 Event("system:t", "org.announced", "organisation", created)),
+                                _org("org-two"))
+    assert two.seq == 2 and two.result == "org-two"  # the future carries the last event's number
+    with pytest.raises(EventNotRecorded, match="nothing was changed"):
+        platform.audit.append((Event("user:t", "org.created", "organisation", "org-half"),
+                               Event("user:t", "org.announced", "organisation", "org-half", {"n": 2**64})),
+                              _org("org-half"))
+    with platform.sessions() as s:
+        assert sorted(s.scalars(select(Organisation.id))) == ["org-two"]
+        assert [(e.seq, e.action) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.seq))] == [
+            (1, "org.created"), (2, "org.announced")]
+    platform.audit.checkpoint()
+    report = check(platform)
+    assert report.ok, report.problem
+
+
 def test_an_event_without_a_change_that_cannot_be_encoded_is_refused_alone(platform: Platform) -> None:
     good = platform.audit.submit(Event("user:t", "test.event", "thing", "1"))
     bad = platform.audit.submit(Event("user:t", "test.event", "thing", "2", {"n": -(2**63) - 1}))

@@ -58,7 +58,8 @@ class Appended:
 
 
 Apply = Callable[[Session], Any]
-EventOrFactory = Event | Callable[[Any], Event]
+Events = Event | tuple[Event, ...]  # one change may be recorded by several events (a vote that releases)
+EventOrFactory = Events | Callable[[Any], Events]
 
 
 @dataclass
@@ -160,7 +161,9 @@ class AuditLog:
         """Queue an event (and the change it records); the future resolves once durable.
 
         `event` may be a function of what `apply` returned, for details known only after
-        the change (a new version number, say). `apply` must return plain values.
+        the change (a new version number, say), and may be a tuple of events when one change
+        is several things to record (they get consecutive numbers, in the same transaction;
+        the future carries the last one's). `apply` must return plain values.
         """
         future: Future = Future()
         if self._closed:
@@ -271,24 +274,25 @@ class AuditLog:
                     result = None
                     try:
                         if item.apply is None:
-                            row = _row(item.event, None, seq + 1)
+                            built = _rows(item.event, None, seq + 1)
                         else:
-                            # The event is built and encoded inside the change's savepoint: if
-                            # either fails, both are rolled back, and the change never commits
-                            # without the event that records it.
+                            # The events are built and encoded inside the change's savepoint: if
+                            # any fails, all are rolled back, and the change never commits
+                            # without the events that record it.
                             with session.begin_nested():
                                 result = item.apply(session)
                                 session.flush()
-                                row = _row(item.event, result, seq + 1)
+                                built = _rows(item.event, result, seq + 1)
                     except Exception as exc:  # the caller's own failure, reported to it
                         failed.append((item, exc))
                         continue
-                    seq += 1
-                    leaf = sha256(b"\x00" + row.pop("entry")).digest()
-                    head = sha256(head + leaf).digest()
-                    self.tree.append(leaf)
-                    rows.append({**row, "leaf_hash": leaf, "chain_hash": head})
-                    acks.append((item, Appended(seq, row["ts"], head, result)))
+                    for row in built:
+                        seq += 1
+                        leaf = sha256(b"\x00" + row.pop("entry")).digest()
+                        head = sha256(head + leaf).digest()
+                        self.tree.append(leaf)
+                        rows.append({**row, "leaf_hash": leaf, "chain_hash": head})
+                    acks.append((item, Appended(seq, built[-1]["ts"], head, result)))
                 if rows:
                     session.connection().execute(insert(AuditEvent.__table__), rows)
                 wants_checkpoint = periodic_checkpoint and seq > self._last_checkpoint_size
@@ -335,13 +339,23 @@ _TEXT_COLUMNS = {name: AuditEvent.__table__.c[name].type.length
                  for name in ("actor", "action", "subject_type", "subject_id", "decision_id", "policy_revision")}
 
 
-def _row(event: EventOrFactory | None, result: Any, seq: int) -> dict[str, Any]:
-    """The stored columns of an event, with its entry bytes (`entry`) to hash; raises
-    EventNotRecorded when the event cannot be built or encoded."""
+def _rows(event: EventOrFactory | None, result: Any, seq: int) -> list[dict[str, Any]]:
+    """The stored columns of the events of one change, numbered from `seq`, each with its entry
+    bytes (`entry`) to hash; raises EventNotRecorded when one cannot be built or encoded."""
     try:
         built = event(result) if callable(event) else event
-        if not isinstance(built, Event):
-            raise TypeError(f"expected an Event, got {type(built).__name__}")
+        events = built if isinstance(built, tuple) else (built,)
+        if not events or not all(isinstance(e, Event) for e in events):
+            raise TypeError(f"expected an Event or a tuple of them, got {type(built).__name__}")
+    except Exception as exc:
+        raise EventNotRecorded(f"the audit event could not be recorded ({type(exc).__name__}: {exc}); "
+                               "nothing was changed") from exc
+    return [_row(e, seq + i) for i, e in enumerate(events)]
+
+
+def _row(built: Event, seq: int) -> dict[str, Any]:
+    """The stored columns of one event, with its entry bytes (`entry`) to hash."""
+    try:
         for name, width in _TEXT_COLUMNS.items():
             value = getattr(built, name)
             if value is None and name in ("decision_id", "policy_revision"):
