@@ -572,10 +572,10 @@ def test_names_that_are_not_plain_printable_text_are_refused(airlock: Served) ->
             answer = request_answer(served, bubble, [path])
             assert answer.status_code == 422, (name, answer.text)
             message = answer.json()["error"]["message"]
-            if path != f"dossier{i}" and name == b"a\xffb.csv":
-                continue  # a lone surrogate in the body: the API's JSON reader refuses it first
-            assert problem in message and echo in message, (name, message)
             assert not any(c in message for c in ("\n", "\t", "\x7f", "\x85", "\u202e", "\u200b", "\ufffd")), name
+            if path != f"dossier{i}" and (name == b"a\xffb.csv" or answer.json()["error"].get("field") == "paths.0"):
+                continue  # the body's own check (a lone surrogate, a control character) refuses it first
+            assert problem in message and echo in message, (name, message)
     too_long = request_answer(served, bubble, ["é" * 125 + "abcd.csv"])  # 258 bytes: no file system holds it
     assert too_long.status_code == 422 and "is 258 bytes long" in too_long.json()["error"]["message"]
     assert nothing_taken(served, before)

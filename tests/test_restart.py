@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,19 @@ def _state(directory: Path, run_dir: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
 
 
+def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """Until every thread of `pid` is stopped: SIGSTOP is sent at once but taken by each thread
+    in its turn, and a thread still running may answer one more request."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for t in os.listdir(f"/proc/{pid}/task")]
+        if all(state == "T" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def test_a_second_starter_on_a_running_warehouse_is_refused_touches_nothing_and_can_attach(tmp_path: Path) -> None:
     directory = tmp_path / "sw"
     with SeaweedFS(directory) as running:
@@ -169,6 +183,7 @@ def test_a_second_starter_on_a_running_warehouse_is_refused_touches_nothing_and_
 
         os.kill(running._proc.pid, signal.SIGSTOP)
         try:
+            wait_stopped(running._proc.pid)
             with pytest.raises(SeaweedError, match="but it does not answer at http://127.0.0.1:"):
                 attach(directory, timeout=1)
         finally:

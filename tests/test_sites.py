@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,16 @@ def test_claims_are_distinct_under_concurrency_and_stable_for_a_bubble(tmp_path:
     assert {(registry / str(uid)).read_text() for uid in got.values()} == {f"{root}\n" for root in roots}
 
 
+def wait_for_uid(pid: int, uid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        if f"Uid:\t{uid}\t" in status:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never ran as {uid}")
+
+
 def test_a_uid_is_reused_only_once_nothing_of_its_bubble_is_left(tmp_path: Path) -> None:
     registry = UidRegistry(tmp_path / "registry", base=BASE, size=3)
     first, second, third = (owner(tmp_path / name) for name in ("b-1", "b-2", "b-3"))
@@ -117,6 +128,7 @@ def test_a_uid_is_reused_only_once_nothing_of_its_bubble_is_left(tmp_path: Path)
     process = subprocess.Popen(["setpriv", f"--reuid={BASE + 1}", f"--regid={BASE + 1}", "--clear-groups",
                                 "sleep", "60"])
     try:
+        wait_for_uid(process.pid, BASE + 1)  # setpriv changes its uid after Popen returns
         shutil.rmtree(second)
         with pytest.raises(UidsExhausted):
             registry.claim(owner(tmp_path / "b-6"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from controller.audit.log import AuditLog, Event
@@ -69,11 +70,13 @@ class Aggregator:
             self._log.append(replace(event, details={**event.details, "count": 1}))
         self._start()
 
-    def flush(self) -> None:
-        """Append the counts of the window under way and start a new one."""
+    def flush(self, timeout: float | None = 60) -> None:
+        """Append the counts of the window under way and start a new one; they are durable when
+        this returns (the window's own end does not wait: it happens on a caller's request)."""
         with self._lock:
             due = self._take()
-        self._append(due)
+        for future in self._append(due):
+            future.result(timeout)
 
     def close(self) -> None:
         self._stop.set()
@@ -91,11 +94,11 @@ class Aggregator:
         self._window_end = self._clock() + self.window
         return due
 
-    def _append(self, due: list[_Tally]) -> None:
+    def _append(self, due: list[_Tally]) -> list[Future]:
         until = iso(utcnow())
-        for tally in due:
-            details = {**tally.event.details, "count": tally.count, "since": tally.since, "until": until}
-            self._log.submit(replace(tally.event, details=details))
+        return [self._log.submit(replace(tally.event, details={**tally.event.details, "count": tally.count,
+                                                               "since": tally.since, "until": until}))
+                for tally in due]
 
     def _start(self) -> None:
         if self._thread is None and not self._stop.is_set():
