@@ -369,19 +369,27 @@ def test_an_undefined_opa_answer_means_deny(fake_opa: FakeOpaServer, policy_copy
 
 
 # -- the CLI --------------------------------------------------------------------------------
-def test_cli_policy_test_and_eval(tmp_path: Path, policy_copy: Path) -> None:
+def test_cli_policy_test_and_eval(tmp_path: Path) -> None:
+    """The command's own behaviour, on a small policy directory (the shipped policies' tests run
+    in test_the_shipped_policies_pass_their_own_tests): its counts, a failing test named with exit
+    1, policies that do not load with exit 2; and one decision of the shipped policies."""
     runner = CliRunner()
-    ok = runner.invoke(app, ["policy", "test"])
-    assert ok.exit_code == 0 and " 0 failed" in ok.output
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "tiny.rego").write_text("package bulles.tiny\n\nimport rego.v1\n\nanswer := 42\n")
+    (small / "tiny_test.rego").write_text("package bulles.tiny_test\n\nimport rego.v1\n\n"
+                                          "test_answer if { data.bulles.tiny.answer == 42 }\n")
+    ok = runner.invoke(app, ["policy", "test", "--dir", str(small)])
+    assert ok.exit_code == 0 and "1 passed, 0 failed" in ok.output, ok.output
     (tmp_path / "input.json").write_text(json.dumps(INPUT))
     evaluated = runner.invoke(app, ["policy", "eval", "--input", str(tmp_path / "input.json")])
     assert evaluated.exit_code == 0 and json.loads(evaluated.output)["result"]["mode"] == "raw"
-    (policy_copy / "access_test.rego").write_text((policy_copy / "access_test.rego").read_text()
-                                                  + "\ntest_that_fails if { 1 == 2 }\n")
-    failing = runner.invoke(app, ["policy", "test", "--dir", str(policy_copy)])
-    assert failing.exit_code == 1 and "test_that_fails" in failing.output
-    (policy_copy / "access.rego").write_text("package bulles.access\n decision := {")
-    broken = runner.invoke(app, ["policy", "test", "--dir", str(policy_copy)])
+    with (small / "tiny_test.rego").open("a") as tests:
+        tests.write("\ntest_that_fails if { 1 == 2 }\n")
+    failing = runner.invoke(app, ["policy", "test", "--dir", str(small)])
+    assert failing.exit_code == 1 and "test_that_fails" in failing.output and "1 passed, 1 failed" in failing.output
+    (small / "tiny.rego").write_text("package bulles.tiny\n answer := {")
+    broken = runner.invoke(app, ["policy", "test", "--dir", str(small)])
     assert broken.exit_code == 2 and "do not load" in broken.output
     (tmp_path / "bad.json").write_text("{not json")
     assert runner.invoke(app, ["policy", "eval", "--input", str(tmp_path / "bad.json")]).exit_code == 2
